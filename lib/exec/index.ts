@@ -1,0 +1,52 @@
+import { spawn } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * Runs a tool by argv (never through a shell). Runtimes often start plugins
+ * with an empty environment, so system directories are searched even when
+ * PATH lacks them.
+ */
+const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+const found = new Map<string, string>();
+
+export function which(tool: string): string | undefined {
+  const hit = found.get(tool);
+  if (hit) return hit;
+  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...SYSTEM_DIRS];
+  for (const dir of dirs) {
+    const p = join(dir, tool);
+    try {
+      accessSync(p, constants.X_OK);
+      found.set(tool, p);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  return undefined;
+}
+
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function run(tool: string, args: string[], input?: string): Promise<ExecResult> {
+  const file = which(tool);
+  if (!file) return Promise.resolve({ code: 127, stdout: '', stderr: `${tool}: not found` });
+  return new Promise((resolve) => {
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.stdin.on('error', () => undefined);
+    child.on('error', (e) => resolve({ code: 127, stdout: '', stderr: e.message }));
+    child.on('close', (code) =>
+      resolve({ code: code ?? 1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }),
+    );
+    child.stdin.end(input ?? '');
+  });
+}

@@ -1,0 +1,109 @@
+import { createHash } from 'node:crypto';
+import { apply, Batch, save, type IpFamily, type Rule } from './index.js';
+import { canonicalNetwork, parseCidr } from '../ip/index.js';
+
+/**
+ * Per-container source NAT (bridge's ipMasq), named and commented like the
+ * reference: chain `CNI-<24 hex of sha512(network + containerID)>` in the
+ * nat table, jumped to from POSTROUTING for the container's addresses.
+ * Teardown finds the jumps by chain name in one iptables-save, so it needs
+ * neither the namespace nor the address (the reference leaks the chain then).
+ */
+export function chainName(network: string, containerId: string, prefix = 'CNI-'): string {
+  return prefix + createHash('sha512').update(network + containerId).digest('hex').slice(0, 28 - prefix.length);
+}
+
+export function comment(network: string, containerId: string): string {
+  return `name: ${JSON.stringify(network)} id: ${JSON.stringify(containerId)}`;
+}
+
+const MULTICAST: Record<IpFamily, string> = { 4: '224.0.0.0/4', 6: 'ff00::/8' };
+
+/** The rules for one address, in iptables-save's normal form. */
+export function masqRules(network: string, containerId: string, cidr: string): { chain: string; chainRules: Rule[]; jump: Rule } {
+  const chain = chainName(network, containerId);
+  const c = parseCidr(cidr);
+  const fam = c.family as IpFamily;
+  const host = `${cidr.split('/')[0]}/${fam === 4 ? 32 : 128}`;
+  const cm = ['-m', 'comment', '--comment', comment(network, containerId)];
+  return {
+    chain,
+    chainRules: [
+      { chain, spec: ['-d', canonicalNetwork(cidr), ...cm, '-j', 'ACCEPT'] },
+      { chain, spec: ['!', '-d', MULTICAST[fam], ...cm, '-j', 'MASQUERADE'] },
+    ],
+    jump: { chain: 'POSTROUTING', spec: ['-s', host, ...cm, '-j', chain] },
+  };
+}
+
+const key = (r: Rule) => `${r.chain}\0${r.spec.join('\0')}`;
+
+export async function setupMasq(network: string, containerId: string, cidrs: string[]): Promise<void> {
+  for (const fam of [4, 6] as const) {
+    const mine = cidrs.filter((c) => parseCidr(c).family === fam);
+    if (mine.length === 0) continue;
+    const state = await save(fam, 'nat');
+    const existing = new Set(state.rules.map(key));
+    const batch = new Batch('nat');
+    const chain = chainName(network, containerId);
+    batch.declareChain(chain); // creates it, or empties a stale one
+    const seen = new Set<string>();
+    for (const cidr of mine) {
+      const { chainRules, jump } = masqRules(network, containerId, cidr);
+      for (const r of chainRules) if (!seen.has(key(r))) (seen.add(key(r)), batch.append(r));
+      if (!existing.has(key(jump)) && !seen.has(key(jump))) (seen.add(key(jump)), batch.append(jump));
+    }
+    await apply(fam, [batch]);
+  }
+}
+
+export async function teardownMasq(network: string, containerId: string, families: IpFamily[]): Promise<void> {
+  const chain = chainName(network, containerId);
+  for (const fam of families) {
+    const state = await save(fam, 'nat');
+    const batch = new Batch('nat');
+    for (const r of state.rules) if (r.spec.at(-1) === chain && r.spec.at(-2) === '-j') batch.delete(r);
+    if (state.chains.has(chain)) batch.flushChain(chain).deleteChain(chain);
+    await apply(fam, [batch]);
+  }
+}
+
+/** Missing masquerade rules for the given addresses (empty when all are there). */
+export async function checkMasq(network: string, containerId: string, cidrs: string[]): Promise<string[]> {
+  const missing: string[] = [];
+  for (const fam of [4, 6] as const) {
+    const mine = cidrs.filter((c) => parseCidr(c).family === fam);
+    if (mine.length === 0) continue;
+    const state = await save(fam, 'nat');
+    const have = new Set(state.rules.map(key));
+    for (const cidr of mine) {
+      const { chainRules, jump } = masqRules(network, containerId, cidr);
+      for (const r of [...chainRules, jump]) if (!have.has(key(r))) missing.push(`-A ${r.chain} ${r.spec.join(' ')}`);
+    }
+  }
+  return missing;
+}
+
+/** Removes masquerade chains of this network whose container is not in `validIds`. */
+export async function gcMasq(network: string, validIds: Set<string>, families: IpFamily[]): Promise<void> {
+  const re = new RegExp(`^name: ${escapeRe(JSON.stringify(network))} id: "(.*)"$`);
+  for (const fam of families) {
+    const state = await save(fam, 'nat');
+    const batch = new Batch('nat');
+    const stale = new Set<string>();
+    for (const r of state.rules) {
+      const i = r.spec.indexOf('--comment');
+      const m = i >= 0 ? re.exec(r.spec[i + 1]) : null;
+      if (!m || validIds.has(m[1])) continue;
+      const chain = chainName(network, m[1]);
+      stale.add(chain);
+      if (r.chain === 'POSTROUTING') batch.delete(r);
+    }
+    for (const chain of stale) if (state.chains.has(chain)) batch.flushChain(chain).deleteChain(chain);
+    await apply(fam, [batch]);
+  }
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}

@@ -1,0 +1,321 @@
+import { createRtNetlink, FlagsNew, type RtNetlinkSocket, type rt, type ifla } from 'netlink';
+import { type Netns } from './ns.js';
+import { attr, ifinfomsg, nest, parseAttrs, str, u16, u32, u8 } from './attrs.js';
+import { formatIP, fromBytes, parseCidr, toBytes, type Family } from '../ip/index.js';
+
+// Kernel constants (linux/if_link.h, rtnetlink.h) the package does not name.
+const IFLA_IFNAME = 3;
+const IFLA_MTU = 4;
+const IFLA_NET_NS_FD = 28;
+const IFLA_INFO_KIND = 1;
+const IFLA_INFO_DATA = 2;
+const VETH_INFO_PEER = 1;
+const IFLA_BR_VLAN_FILTERING = 7;
+const IFLA_VLAN_ID = 1;
+const IFLA_BRPORT_MODE = 4; // hairpin
+const IFLA_BRIDGE_FLAGS = 0;
+const IFLA_BRIDGE_VLAN_INFO = 2;
+const BRIDGE_FLAGS_SELF = 2;
+const BRIDGE_VLAN_INFO_PVID = 2;
+const BRIDGE_VLAN_INFO_UNTAGGED = 4;
+const AF_INET = 2;
+const AF_INET6 = 10;
+const AF_BRIDGE = 7;
+const RT_TABLE_MAIN = 254;
+const CREATE = FlagsNew.CREATE | FlagsNew.EXCL;
+
+export interface LinkInfo {
+  index: number;
+  name: string;
+  mac: string;
+  mtu: number;
+  up: boolean;
+  promisc: boolean;
+  master?: number;
+  kind?: string;
+  /** For a veth: the peer's ifindex (in the peer's namespace). */
+  peerIndex?: number;
+}
+
+export interface AddressInfo {
+  index: number;
+  family: Family;
+  /** `ip/prefix` */
+  cidr: string;
+  ip: string;
+  prefix: number;
+}
+
+export interface RouteInfo {
+  family: Family;
+  /** `net/prefix`, `0.0.0.0/0` or `::/0` for a default route. */
+  dst: string;
+  gw?: string;
+  oif?: number;
+  table: number;
+  scope: number;
+  priority?: number;
+  protocol: number | string;
+}
+
+export interface RouteSpec {
+  dst: string;
+  gw?: string;
+  index: number;
+  scope?: 'link' | 'universe';
+  mtu?: number;
+  priority?: number;
+  table?: number;
+  advmss?: number;
+}
+
+export function macToString(b: Buffer | undefined): string {
+  return b ? [...b].map((x) => x.toString(16).padStart(2, '0')).join(':') : '';
+}
+
+export function macToBytes(mac: string): Buffer {
+  const parts = mac.split(/[:-]/);
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) throw new Error(`invalid MAC address "${mac}"`);
+  return Buffer.from(parts.map((p) => parseInt(p, 16)));
+}
+
+/** errno name of a netlink failure (`EEXIST`, `ENODEV`, ...). */
+export function errnoOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === 'string') return code;
+  // The netlink package reports kernel NACKs only as "Request rejected: EEXIST".
+  const m = /Request rejected: (E[A-Z0-9]+)/.exec((err as Error)?.message ?? '');
+  return m?.[1];
+}
+
+/**
+ * One rtnetlink socket, bound to the namespace it was opened in, with the
+ * operations the plugins need, in the plugins' terms.
+ */
+export class Rtnl {
+  private constructor(private readonly sock: RtNetlinkSocket) {}
+
+  /** A socket in the current namespace, or inside `ns`. */
+  static open(ns?: Netns): Rtnl {
+    return new Rtnl(ns ? ns.run(() => createRtNetlink()) : createRtNetlink());
+  }
+
+  close(): void {
+    this.sock.socket.close();
+  }
+
+  private static toLink(m: rt.LinkMessage): LinkInfo {
+    const info = m.attrs.linkinfo ? parseAttrs(m.attrs.linkinfo) : undefined;
+    const kindBuf = info?.get(IFLA_INFO_KIND);
+    return {
+      index: m.data.index ?? 0,
+      name: m.attrs.ifname ?? '',
+      mac: macToString(m.attrs.address),
+      mtu: m.attrs.mtu ?? 0,
+      up: Boolean(m.data.flags?.up),
+      promisc: Boolean(m.data.flags?.promisc),
+      master: m.attrs.master,
+      kind: kindBuf ? kindBuf.toString('utf8').replace(/\0+$/, '') : undefined,
+      peerIndex: m.attrs.link && m.attrs.link.length >= 4 ? m.attrs.link.readUInt32LE(0) : undefined,
+    };
+  }
+
+  async links(): Promise<LinkInfo[]> {
+    return (await this.sock.getLinks()).map(Rtnl.toLink);
+  }
+
+  async linkByName(name: string): Promise<LinkInfo | undefined> {
+    try {
+      const [m] = await this.sock.getLink({}, { ifname: name });
+      return m ? Rtnl.toLink(m) : undefined;
+    } catch (err) {
+      if (errnoOf(err) === 'ENODEV') return undefined;
+      throw err;
+    }
+  }
+
+  async linkByIndex(index: number): Promise<LinkInfo | undefined> {
+    try {
+      const [m] = await this.sock.getLink({ index });
+      return m ? Rtnl.toLink(m) : undefined;
+    } catch (err) {
+      if (errnoOf(err) === 'ENODEV') return undefined;
+      throw err;
+    }
+  }
+
+  async createBridge(name: string, opts: { mtu?: number; vlanFiltering?: boolean; mac?: string }): Promise<void> {
+    const data: Buffer[] = [];
+    if (opts.vlanFiltering) data.push(u8(IFLA_BR_VLAN_FILTERING, 1));
+    const linkinfo = Buffer.concat([str(IFLA_INFO_KIND, 'bridge'), ...(data.length ? [nest(IFLA_INFO_DATA, ...data)] : [])]);
+    const attrs: ifla.LinkAttrs = { ifname: name, linkinfo };
+    if (opts.mtu) attrs.mtu = opts.mtu;
+    if (opts.mac) attrs.address = macToBytes(opts.mac);
+    await this.sock.newLink({}, attrs, { flags: CREATE });
+  }
+
+  /**
+   * Creates a veth pair here named `name`, whose peer `peerName` is created
+   * directly in the namespace of `peerNsFd` (one request, no move step).
+   */
+  async createVeth(opts: { name: string; peerName: string; peerNsFd: number; mtu?: number; mac?: string }): Promise<void> {
+    const peerAttrs = [str(IFLA_IFNAME, opts.peerName), u32(IFLA_NET_NS_FD, opts.peerNsFd)];
+    if (opts.mtu) peerAttrs.push(u32(IFLA_MTU, opts.mtu));
+    const linkinfo = Buffer.concat([
+      str(IFLA_INFO_KIND, 'veth'),
+      nest(IFLA_INFO_DATA, attr(VETH_INFO_PEER, Buffer.concat([ifinfomsg(), ...peerAttrs]))),
+    ]);
+    const attrs: ifla.LinkAttrs = { ifname: opts.name, linkinfo };
+    if (opts.mtu) attrs.mtu = opts.mtu;
+    if (opts.mac) attrs.address = macToBytes(opts.mac);
+    await this.sock.newLink({}, attrs, { flags: CREATE });
+  }
+
+  async createVlan(name: string, parentIndex: number, vlanId: number, mtu?: number): Promise<void> {
+    const linkinfo = Buffer.concat([str(IFLA_INFO_KIND, 'vlan'), nest(IFLA_INFO_DATA, u16(IFLA_VLAN_ID, vlanId))]);
+    const attrs: ifla.LinkAttrs = { ifname: name, linkinfo, link: u32le(parentIndex) };
+    if (mtu) attrs.mtu = mtu;
+    await this.sock.newLink({}, attrs, { flags: CREATE });
+  }
+
+  async setUp(index: number, up = true): Promise<void> {
+    await this.sock.setLink({ index, flags: up ? { up: true } : {}, change: { up: true } });
+  }
+
+  async setPromisc(index: number, on: boolean): Promise<void> {
+    await this.sock.setLink({ index, flags: on ? { promisc: true } : {}, change: { promisc: true } });
+  }
+
+  async setMaster(index: number, master: number): Promise<void> {
+    await this.sock.setLink({ index }, { master });
+  }
+
+  async setMac(index: number, mac: string): Promise<void> {
+    await this.sock.setLink({ index }, { address: macToBytes(mac) });
+  }
+
+  async setMtu(index: number, mtu: number): Promise<void> {
+    await this.sock.setLink({ index }, { mtu });
+  }
+
+  /** Hairpin mode of a bridge port (IFLA_BRPORT_MODE through AF_BRIDGE). */
+  async setHairpin(index: number, on: boolean): Promise<void> {
+    const protinfo = new Map<number, Buffer>([[IFLA_BRPORT_MODE, Buffer.from([on ? 1 : 0])]]);
+    await this.sock.setLink({ family: AF_BRIDGE, index }, { protinfo });
+  }
+
+  /**
+   * Adds a VLAN to a bridge port (or, with `self`, to the bridge device),
+   * through IFLA_AF_SPEC/IFLA_BRIDGE_VLAN_INFO, as `bridge vlan add` does.
+   */
+  async bridgeVlanAdd(index: number, vid: number, opts: { pvid?: boolean; untagged?: boolean; self?: boolean } = {}): Promise<void> {
+    const info = Buffer.alloc(4);
+    info.writeUInt16LE((opts.pvid ? BRIDGE_VLAN_INFO_PVID : 0) | (opts.untagged ? BRIDGE_VLAN_INFO_UNTAGGED : 0), 0);
+    info.writeUInt16LE(vid, 2);
+    const afSpec = new Map<number, Buffer>([[IFLA_BRIDGE_VLAN_INFO, info]]);
+    if (opts.self) afSpec.set(IFLA_BRIDGE_FLAGS, Buffer.from([BRIDGE_FLAGS_SELF, 0]));
+    await this.sock.setLink({ family: AF_BRIDGE, index }, { afSpec });
+  }
+
+  async deleteLink(index: number): Promise<void> {
+    await this.sock.delLink({ index });
+  }
+
+  async addresses(index?: number, family?: Family): Promise<AddressInfo[]> {
+    const msgs = await this.sock.getAddresses(family ? { family: family === 4 ? AF_INET : AF_INET6 } : undefined);
+    const out: AddressInfo[] = [];
+    for (const m of msgs) {
+      const raw = m.attrs.local ?? m.attrs.address;
+      if (!raw || (index !== undefined && m.data.index !== index)) continue;
+      const { family: f, ip } = fromBytes(raw);
+      const text = formatIP(f, ip);
+      out.push({ index: m.data.index ?? 0, family: f, ip: text, prefix: m.data.prefixlen ?? 0, cidr: `${text}/${m.data.prefixlen}` });
+    }
+    return out;
+  }
+
+  async addAddress(index: number, cidr: string, opts: { noDad?: boolean } = {}): Promise<void> {
+    const c = parseCidr(cidr);
+    const bytes = toBytes(c.family, c.ip);
+    const attrs: rt.AddressAttrs = { local: bytes, address: bytes };
+    if (c.family === 4 && c.prefix < 31) {
+      const host = (1n << BigInt(32 - c.prefix)) - 1n;
+      attrs.broadcast = toBytes(4, c.ip | host);
+    }
+    await this.sock.newAddress(
+      { family: c.family === 4 ? AF_INET : AF_INET6, prefixlen: c.prefix, index, flags: opts.noDad ? { nodad: true } : {} },
+      attrs,
+      { flags: CREATE },
+    );
+  }
+
+  async delAddress(index: number, cidr: string): Promise<void> {
+    const c = parseCidr(cidr);
+    const bytes = toBytes(c.family, c.ip);
+    await this.sock.delAddress({ family: c.family === 4 ? AF_INET : AF_INET6, prefixlen: c.prefix, index }, { local: bytes, address: bytes });
+  }
+
+  async routes(family?: Family): Promise<RouteInfo[]> {
+    const msgs = await this.sock.getRoutes(family ? { family: family === 4 ? AF_INET : AF_INET6 } : undefined);
+    const out: RouteInfo[] = [];
+    for (const m of msgs) {
+      const f: Family = m.data.family === AF_INET6 ? 6 : 4;
+      const table = m.attrs.table ?? m.data.table ?? 0;
+      if (m.data.type !== 'UNICAST' && m.data.type !== 1) continue;
+      const dst = m.attrs.dst ? `${formatIP(f, fromBytes(m.attrs.dst).ip)}/${m.data.dstLen}` : f === 4 ? '0.0.0.0/0' : '::/0';
+      out.push({
+        family: f,
+        dst,
+        gw: m.attrs.gateway ? formatIP(f, fromBytes(m.attrs.gateway).ip) : undefined,
+        oif: m.attrs.oif,
+        table,
+        scope: typeof m.data.scope === 'number' ? m.data.scope : scopeNumber(m.data.scope),
+        priority: m.attrs.priority,
+        protocol: m.data.protocol ?? 0,
+      });
+    }
+    return out;
+  }
+
+  private routeMessage(r: RouteSpec): { data: rt.Route; attrs: rt.RouteAttrs } {
+    const dst = parseCidr(r.dst);
+    const family = dst.family;
+    const table = r.table ?? RT_TABLE_MAIN;
+    const data: rt.Route = {
+      family: family === 4 ? AF_INET : AF_INET6,
+      dstLen: dst.prefix,
+      table: table < 256 ? table : 0,
+      protocol: 'BOOT',
+      scope: r.scope === 'link' ? 'LINK' : 'UNIVERSE',
+      type: 'UNICAST',
+    };
+    const attrs: rt.RouteAttrs = { oif: r.index, table };
+    if (dst.prefix > 0) attrs.dst = toBytes(family, dst.ip);
+    if (r.gw) attrs.gateway = toBytes(family, parseCidr(`${r.gw}/${family === 4 ? 32 : 128}`).ip);
+    if (r.priority !== undefined) attrs.priority = r.priority;
+    if (r.mtu || r.advmss) attrs.metrics = { ...(r.mtu ? { mtu: u32le(r.mtu) } : {}), ...(r.advmss ? { advmss: u32le(r.advmss) } : {}) };
+    return { data, attrs };
+  }
+
+  async addRoute(r: RouteSpec): Promise<void> {
+    const { data, attrs } = this.routeMessage(r);
+    await this.sock.newRoute(data, attrs, { flags: CREATE });
+  }
+
+  async delRoute(r: RouteSpec): Promise<void> {
+    const { data, attrs } = this.routeMessage(r);
+    delete data.protocol;
+    await this.sock.delRoute(data, attrs);
+  }
+}
+
+function u32le(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v);
+  return b;
+}
+
+function scopeNumber(s: unknown): number {
+  const names: Record<string, number> = { UNIVERSE: 0, SITE: 200, LINK: 253, HOST: 254, NOWHERE: 255 };
+  return typeof s === 'string' ? (names[s] ?? 0) : 0;
+}

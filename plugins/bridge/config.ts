@@ -1,0 +1,41 @@
+import { z } from 'zod';
+import { netConf, obj } from '../../lib/cni/schema.js';
+
+const vlanId = z.number().int().min(0).max(4094);
+
+export const bridgeConfig = netConf({
+  bridge: z.string().min(1).max(15).regex(/^[^/:\s]+$/, 'not a valid interface name').default('cni0'),
+  isGateway: z.boolean().default(false),
+  isDefaultGateway: z.boolean().default(false),
+  forceAddress: z.boolean().default(false),
+  ipMasq: z.boolean().default(false),
+  mtu: z.number().int().min(0).max(65535).default(0),
+  hairpinMode: z.boolean().default(false),
+  promiscMode: z.boolean().default(false),
+  vlan: vlanId.default(0),
+  vlanTrunk: z.array(obj({ id: vlanId.optional(), minID: vlanId.optional(), maxID: vlanId.optional() })).optional(),
+  preserveDefaultVlan: z.boolean().default(true),
+  enabledad: z.boolean().default(false),
+  macspoofchk: z.boolean().default(false),
+  disableContainerInterface: z.boolean().default(false),
+  // Loosely typed here: the IPAM plugin validates its own section.
+  ipam: z.looseObject({ type: z.string().min(1) }).optional(),
+  runtimeConfig: obj({ mac: z.string().optional() }).optional(),
+  args: obj({ cni: obj({ mac: z.string().optional() }).optional() }).optional(),
+});
+export type BridgeConfig = z.output<typeof bridgeConfig>;
+
+/** The VLAN ids of vlanTrunk, expanded and deduplicated. */
+export function trunkIds(cfg: BridgeConfig): number[] {
+  const ids = new Set<number>();
+  for (const t of cfg.vlanTrunk ?? []) {
+    if (t.id !== undefined) ids.add(t.id);
+    if (t.minID !== undefined || t.maxID !== undefined) {
+      if (t.minID === undefined || t.maxID === undefined || t.minID > t.maxID) {
+        throw new Error('vlanTrunk ranges need minID <= maxID');
+      }
+      for (let i = t.minID; i <= t.maxID; i++) ids.add(i);
+    }
+  }
+  return [...ids].sort((a, b) => a - b);
+}

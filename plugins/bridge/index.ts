@@ -1,0 +1,318 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
+import { CniError, ErrorCode, toCniError } from '../../lib/cni/errors.js';
+import { delegate } from '../../lib/cni/delegate.js';
+import type { Result } from '../../lib/cni/result.js';
+import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
+import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/masq.js';
+import { canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
+import { which } from '../../lib/exec/index.js';
+import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
+
+/**
+ * bridge: a Linux bridge on the host, a veth pair per container with its
+ * host end enslaved to the bridge, addresses from the IPAM plugin.
+ */
+type Ctx = PluginContext<BridgeConfig>;
+
+const kernel = (what: string, err: unknown) =>
+  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
+
+function ipamType(ctx: Ctx): string {
+  const t = ctx.config.ipam?.type;
+  if (!t) throw new CniError(ErrorCode.InvalidNetworkConfig, 'bridge needs an "ipam" section with a "type"');
+  return t;
+}
+
+function requestedMac(ctx: Ctx): string | undefined {
+  return ctx.config.runtimeConfig?.mac ?? ctx.config.args?.cni?.mac ?? ctx.args.get('MAC');
+}
+
+/** Families the network's addresses may be in, for teardown without a result. */
+function familiesOf(ctx: Ctx): (4 | 6)[] {
+  const fams = new Set<4 | 6>();
+  for (const ip of ctx.prevResult?.ips ?? []) fams.add(ip.address.includes(':') ? 6 : 4);
+  const ipam = ctx.config.ipam as Record<string, unknown> | undefined;
+  const subnets: unknown[] = [ipam?.subnet, ...(Array.isArray(ipam?.ranges) ? (ipam.ranges as unknown[]).flat() : []).map((r) => (r as { subnet?: unknown })?.subnet)];
+  for (const s of subnets) if (typeof s === 'string') fams.add(s.includes(':') ? 6 : 4);
+  if (fams.size === 0) fams.add(4);
+  if (!which('ip6tables-save')) fams.delete(6);
+  return [...fams];
+}
+
+async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolean): Promise<LinkInfo> {
+  let br = await host.linkByName(cfg.bridge);
+  if (!br) {
+    try {
+      await host.createBridge(cfg.bridge, { mtu: cfg.mtu || undefined, vlanFiltering });
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw kernel(`failed to create bridge ${cfg.bridge}`, err);
+    }
+    br = await host.linkByName(cfg.bridge);
+    if (!br) throw new CniError(ErrorCode.KernelRefused, `bridge ${cfg.bridge} vanished after creation`);
+  }
+  if (br.kind !== 'bridge') throw new CniError(ErrorCode.InvalidNetworkConfig, `${cfg.bridge} already exists but is not a bridge`);
+  if (cfg.promiscMode && !br.promisc) await host.setPromisc(br.index, true);
+  if (!br.up) await host.setUp(br.index);
+  if (vlanFiltering && !cfg.preserveDefaultVlan) {
+    // nothing to add on the bridge itself; ports drop VLAN 1 below
+  }
+  return br;
+}
+
+async function createVeth(host: Rtnl, cont: Rtnl, netns: Netns, ifname: string, mtu: number, mac: string | undefined, hostFd: number): Promise<{ hostName: string }> {
+  if (await cont.linkByName(ifname)) {
+    throw new CniError(ErrorCode.InvalidEnvironment, `container already has an interface named ${ifname}`, netns.path);
+  }
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const hostName = `veth${randomBytes(4).toString('hex')}`;
+    try {
+      await cont.createVeth({ name: ifname, peerName: hostName, peerNsFd: hostFd, mtu: mtu || undefined, mac });
+      return { hostName };
+    } catch (err) {
+      if (errnoOf(err) === 'EEXIST' && !(await cont.linkByName(ifname))) continue; // host name taken: try another
+      throw kernel(`failed to create veth pair for ${ifname}`, err);
+    }
+  }
+  throw new CniError(ErrorCode.KernelRefused, 'could not find a free host veth name');
+}
+
+async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, force: boolean): Promise<void> {
+  const want = parseCidr(gwCidr);
+  const existing = await host.addresses(br.index, want.family);
+  for (const a of existing) {
+    const have = parseCidr(a.cidr);
+    if (have.ip === want.ip && have.prefix === want.prefix) return;
+    if (contains(network(have), want.family, want.ip) || contains(network(want), have.family, have.ip)) {
+      if (!force) {
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `${br.name} already has an IP address different from ${gwCidr}`, a.cidr);
+      }
+      await host.delAddress(br.index, a.cidr);
+    }
+  }
+  try {
+    await host.addAddress(br.index, gwCidr, { noDad: want.family === 6 });
+  } catch (err) {
+    if (errnoOf(err) !== 'EEXIST') throw kernel(`failed to add ${gwCidr} to ${br.name}`, err);
+  }
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.config;
+  const isGateway = cfg.isGateway || cfg.isDefaultGateway;
+  let trunk: number[];
+  try {
+    trunk = trunkIds(cfg);
+  } catch (err) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, (err as Error).message);
+  }
+  if (cfg.vlan && trunk.length) throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set vlan and vlanTrunk at the same time');
+  const vlanFiltering = cfg.vlan !== 0 || trunk.length > 0;
+  if (cfg.macspoofchk) throw new CniError(ErrorCode.UnsupportedField, 'macspoofchk is not supported by this bridge plugin yet');
+  const type = ipamType(ctx);
+
+  const netns = Netns.open(ctx.env.netns);
+  const host = Rtnl.open();
+  const cont = Rtnl.open(netns);
+  const hostNsFd = openSync('/proc/thread-self/ns/net', 'r');
+  let vethCreated = false;
+  let ipamDone = false;
+  try {
+    const br = await ensureBridge(host, cfg, vlanFiltering);
+    const { hostName } = await createVeth(host, cont, netns, ctx.env.ifname, cfg.mtu, requestedMac(ctx), hostNsFd);
+    vethCreated = true;
+    const hostVeth = await host.linkByName(hostName);
+    const contLink = await cont.linkByName(ctx.env.ifname);
+    if (!hostVeth || !contLink) throw new CniError(ErrorCode.KernelRefused, 'veth pair not found after creation');
+    try {
+      await host.setMaster(hostVeth.index, br.index);
+      if (cfg.hairpinMode) await host.setHairpin(hostVeth.index, true);
+      if (cfg.vlan) await host.bridgeVlanAdd(hostVeth.index, cfg.vlan, { pvid: true, untagged: true });
+      for (const id of trunk) await host.bridgeVlanAdd(hostVeth.index, id);
+      await host.setUp(hostVeth.index);
+    } catch (err) {
+      throw kernel(`failed to attach ${hostName} to ${cfg.bridge}`, err);
+    }
+
+    // Addresses come from the IPAM plugin, run as a runtime would.
+    const ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
+    ipamDone = true;
+    if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
+
+    const result: Result = {
+      interfaces: [
+        { name: br.name, mac: br.mac },
+        { name: hostName, mac: hostVeth.mac },
+        { name: ctx.env.ifname, mac: contLink.mac, sandbox: ctx.env.netns },
+      ],
+      ips: ipam.ips.map((ip) => ({ ...ip, interface: 2 })),
+      routes: [...ipam.routes],
+      dns: ipam.dns,
+    };
+    if (cfg.isDefaultGateway) {
+      for (const fam of new Set(result.ips.map((ip) => (ip.address.includes(':') ? 6 : 4)))) {
+        const dst = fam === 4 ? '0.0.0.0/0' : '::/0';
+        if (!result.routes.some((r) => canonicalNetwork(r.dst) === dst)) {
+          const gw = result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
+          if (gw) result.routes.push({ dst, gw });
+        }
+      }
+    }
+
+    // Container side: v6 on, DAD off unless asked, addresses, up, routes.
+    const hasV6 = result.ips.some((ip) => ip.address.includes(':'));
+    netns.run(() => {
+      if (hasV6) {
+        writeSysctl(`net.ipv6.conf.${ctx.env.ifname}.disable_ipv6`, '0');
+        if (!cfg.enabledad) writeSysctl(`net.ipv6.conf.${ctx.env.ifname}.accept_dad`, '0');
+      }
+    });
+    try {
+      for (const ip of result.ips) await cont.addAddress(contLink.index, ip.address, { noDad: !cfg.enabledad });
+      if (!cfg.disableContainerInterface) await cont.setUp(contLink.index);
+      if (!cfg.disableContainerInterface) {
+        for (const r of result.routes) {
+          const fam = r.dst.includes(':') ? 6 : 4;
+          const gw = r.gw ?? result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
+          try {
+            await cont.addRoute({ dst: canonicalNetwork(r.dst), gw, index: contLink.index, mtu: r.mtu, priority: r.priority, table: r.table, advmss: r.advmss });
+          } catch (err) {
+            if (errnoOf(err) !== 'EEXIST') throw err;
+          }
+        }
+      }
+    } catch (err) {
+      throw kernel(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
+    }
+
+    if (isGateway) {
+      for (const ip of result.ips) {
+        if (!ip.gateway) continue;
+        const prefix = parseCidr(ip.address).prefix;
+        await ensureGatewayAddress(host, br, `${ip.gateway}/${prefix}`, cfg.forceAddress);
+      }
+      if (hasV4(result)) writeSysctl('net.ipv4.ip_forward', '1');
+      if (hasV6) writeSysctl('net.ipv6.conf.all.forwarding', '1');
+    }
+    if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address));
+
+    // The bridge's MAC may change as ports join: report what it is now.
+    const brNow = await host.linkByIndex(br.index);
+    if (brNow) result.interfaces[0].mac = brNow.mac;
+    return result;
+  } catch (err) {
+    // Leave nothing behind: the veth, the address, the NAT chain.
+    if (vethCreated) {
+      const l = await cont.linkByName(ctx.env.ifname).catch(() => undefined);
+      if (l) await cont.deleteLink(l.index).catch(() => undefined);
+    }
+    if (ipamDone) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
+    if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
+    throw toCniError(err);
+  } finally {
+    closeSync(hostNsFd);
+    host.close();
+    cont.close();
+    netns.close();
+  }
+}
+
+const hasV4 = (r: Result) => r.ips.some((ip) => !ip.address.includes(':'));
+
+async function del(ctx: Ctx): Promise<void> {
+  const cfg = ctx.config;
+  const errors: CniError[] = [];
+  // IPAM first: the address must be released even when the namespace is gone.
+  if (cfg.ipam?.type) {
+    await delegate({ command: 'DEL', type: cfg.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(toCniError(e)));
+  }
+  const netns = ctx.env.netns ? Netns.tryOpen(ctx.env.netns) : undefined;
+  if (netns) {
+    const cont = Rtnl.open(netns);
+    try {
+      const l = await cont.linkByName(ctx.env.ifname);
+      if (l) await cont.deleteLink(l.index).catch((e) => {
+        if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
+      });
+    } finally {
+      cont.close();
+      netns.close();
+    }
+  }
+  if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch((e) => errors.push(toCniError(e)));
+  if (errors.length) throw errors[0];
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const cfg = ctx.config;
+  const prev = ctx.prevResult;
+  if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs a prevResult');
+  const fail = (msg: string, details = '') => new CniError(ErrorCode.CheckFailed, msg, details);
+  await delegate({ command: 'CHECK', type: ipamType(ctx), stdin: ctx.stdin, env: ctx.env });
+
+  const netns = Netns.open(ctx.env.netns);
+  const host = Rtnl.open();
+  const cont = Rtnl.open(netns);
+  try {
+    const br = await host.linkByName(cfg.bridge);
+    if (!br || br.kind !== 'bridge') throw fail(`bridge ${cfg.bridge} not found`);
+    const contIf = prev.interfaces.find((i) => i.sandbox && i.name === ctx.env.ifname);
+    if (!contIf) throw fail(`prevResult has no interface ${ctx.env.ifname} in a sandbox`);
+    const l = await cont.linkByName(ctx.env.ifname);
+    if (!l) throw fail(`interface ${ctx.env.ifname} not found in ${ctx.env.netns}`);
+    if (l.kind !== 'veth') throw fail(`${ctx.env.ifname} is not a veth`);
+    if (contIf.mac && contIf.mac.toLowerCase() !== l.mac) throw fail(`${ctx.env.ifname} has MAC ${l.mac}, expected ${contIf.mac}`);
+    const hostVeth = l.peerIndex !== undefined ? await host.linkByIndex(l.peerIndex) : undefined;
+    if (!hostVeth || hostVeth.master !== br.index) throw fail(`the host end of ${ctx.env.ifname} is not a port of ${cfg.bridge}`);
+
+    const addrs = await cont.addresses(l.index);
+    const ifIndex = prev.interfaces.indexOf(contIf);
+    for (const ip of prev.ips) {
+      if (ip.interface !== undefined && ip.interface !== ifIndex) continue;
+      const want = parseCidr(ip.address);
+      if (!addrs.some((a) => { const c = parseCidr(a.cidr); return c.ip === want.ip && c.prefix === want.prefix && c.family === want.family; })) {
+        throw fail(`address ${ip.address} not found on ${ctx.env.ifname}`);
+      }
+    }
+    const routes = await cont.routes();
+    for (const r of prev.routes) {
+      const dst = canonicalNetwork(r.dst);
+      const fam = parseCidr(dst).family;
+      const found = routes.some((x) => x.oif === l.index && x.dst === dst && (!r.gw || (x.gw !== undefined && formatIP(fam, parseIP(x.gw).ip) === formatIP(fam, parseIP(r.gw).ip))));
+      if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} not found in ${ctx.env.netns}`);
+    }
+    if (cfg.ipMasq) {
+      const missing = await checkMasq(cfg.name, ctx.env.containerId, prev.ips.map((ip) => ip.address));
+      if (missing.length) throw fail('masquerade rules missing', missing.join('; '));
+    }
+  } finally {
+    host.close();
+    cont.close();
+    netns.close();
+  }
+}
+
+export default definePlugin({
+  name: 'bridge',
+  schema: bridgeConfig,
+  knownArgs: ['MAC', 'IP'],
+  add,
+  del,
+  check,
+  async gc(ctx) {
+    const errors: unknown[] = [];
+    if (ctx.config.ipam?.type) {
+      await delegate({ command: 'GC', type: ctx.config.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(e));
+    }
+    if (ctx.config.ipMasq) {
+      const valid = new Set(ctx.validAttachments.map((a) => a.containerID));
+      await gcMasq(ctx.config.name, valid, familiesOf(ctx)).catch((e) => errors.push(e));
+    }
+    if (errors.length) throw toCniError(errors[0]);
+  },
+  async status(ctx) {
+    if (ctx.config.ipam?.type) await delegate({ command: 'STATUS', type: ctx.config.ipam.type, stdin: ctx.stdin, env: ctx.env });
+  },
+});

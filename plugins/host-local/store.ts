@@ -1,0 +1,124 @@
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { sys } from '../../lib/netlink/ns.js';
+import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+
+/**
+ * host-local's on-disk store, file-compatible with the reference plugin:
+ * `<dataDir>/<network>/<ip>` holds `<containerID>\r\n<ifname>`,
+ * `last_reserved_ip.<set>` the round-robin cursor, and `lock` is flock()ed
+ * around every change, so our plugin and the reference one can share a
+ * directory.
+ */
+export interface Allocation {
+  ip: string;
+  containerId: string;
+  ifname: string;
+}
+
+const LINE_BREAK = '\r\n';
+const LOCK_TIMEOUT_MS = 60_000;
+
+export class Store {
+  readonly dir: string;
+
+  constructor(dataDir: string, network: string) {
+    this.dir = join(dataDir, network);
+  }
+
+  /** Runs fn holding the network's lock; a dead holder's lock is released by the kernel. */
+  async locked<T>(fn: () => T | Promise<T>): Promise<T> {
+    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    const fd = openSync(join(this.dir, 'lock'), 'a', 0o600);
+    try {
+      const deadline = Date.now() + LOCK_TIMEOUT_MS;
+      let wait = 1;
+      while (!sys().flock(fd, true, false)) {
+        if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the IPAM lock', this.dir);
+        await new Promise((r) => setTimeout(r, wait));
+        wait = Math.min(wait * 2, 20);
+      }
+      return await fn();
+    } finally {
+      closeSync(fd); // closing drops the flock
+    }
+  }
+
+  private fileOf(ip: string): string {
+    return join(this.dir, ip);
+  }
+
+  /** Records ip for the container; false when the address is taken. */
+  reserve(ip: string, containerId: string, ifname: string, rangeSet: number): boolean {
+    let fd: number;
+    try {
+      fd = openSync(this.fileOf(ip), 'wx', 0o644);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    }
+    try {
+      writeFileSync(fd, `${containerId}${LINE_BREAK}${ifname}`);
+    } finally {
+      closeSync(fd);
+    }
+    this.writeLastReserved(rangeSet, ip);
+    return true;
+  }
+
+  private writeLastReserved(rangeSet: number, ip: string): void {
+    const file = join(this.dir, `last_reserved_ip.${rangeSet}`);
+    const tmp = `${file}.tmp`;
+    writeFileSync(tmp, ip);
+    renameSync(tmp, file);
+  }
+
+  lastReserved(rangeSet: number): string | undefined {
+    try {
+      return readFileSync(join(this.dir, `last_reserved_ip.${rangeSet}`), 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Every allocation of this network (reads the directory once). */
+  all(): Allocation[] {
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const out: Allocation[] = [];
+    for (const name of names) {
+      if (name === 'lock' || name.startsWith('last_reserved_ip') || name.endsWith('.tmp')) continue;
+      let text: string;
+      try {
+        text = readFileSync(this.fileOf(name), 'utf8');
+      } catch {
+        continue;
+      }
+      const [containerId = '', ifname = ''] = text.split(/\r?\n/);
+      out.push({ ip: name, containerId: containerId.trim(), ifname: ifname.trim() });
+    }
+    return out;
+  }
+
+  has(ip: string): boolean {
+    try {
+      readFileSync(this.fileOf(ip));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  release(ip: string): void {
+    try {
+      unlinkSync(this.fileOf(ip));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+}

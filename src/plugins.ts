@@ -1,0 +1,11 @@
+import type { Plugin } from '../lib/cni/skel.js';
+import type { BaseNetConf } from '../lib/cni/schema.js';
+
+/**
+ * The plugins of the multicall binary, by the name they are invoked as.
+ * Each is loaded only when invoked (esbuild keeps dynamic imports lazy).
+ */
+export const PLUGINS: Record<string, () => Promise<Plugin<BaseNetConf>>> = {
+  bridge: async () => (await import('../plugins/bridge/index.js')).default as unknown as Plugin<BaseNetConf>,
+  'host-local': async () => (await import('../plugins/host-local/index.js')).default as unknown as Plugin<BaseNetConf>,
+};
