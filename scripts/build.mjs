@@ -49,7 +49,7 @@ await esbuild.build({
   bundle: true,
   platform: 'node',
   format: 'cjs',
-  target: 'node22',
+  target: 'node24',
   outfile: join(out, 'main.cjs'),
   define: { __NATIVE_HASHES__: JSON.stringify(hashes), 'import.meta.url': 'undefined' },
   plugins: [nativeShim],
@@ -78,11 +78,13 @@ process.exit(r.status ?? 1);
 const savedPath = process.env.PATH;
 process.env.PATH = [shimDir, dirname(nodeBin), savedPath].join(':');
 await sea(join(out, 'main.cjs'), {
-  targets: [{ nodeRange: 'node22', platform: 'linux', arch: 'x64', output: target }],
+  targets: [{ nodeRange: 'node24', platform: 'linux', arch: 'x64', output: target }],
   nodePath: nodeBin,
   seaConfig: {
     disableExperimentalSEAWarning: true,
     useCodeCache: process.env.SEA_CODE_CACHE !== '0',
+    // A caller's NODE_OPTIONS must not change what a plugin runs.
+    execArgvExtension: 'none',
     assets: { 'sys.node': join(out, 'native/sys.node'), 'netlink.node': join(out, 'native/netlink.node') },
   },
 });

@@ -1,0 +1,57 @@
+# cni-ts: see README.md. Every target installs what it needs (idempotent,
+# and offline once installed).
+DESTDIR ?= /opt/cni/bin
+BIN := bin/cni-ts
+PLUGINS := bridge host-local
+SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs package-lock.json
+CNITOOL := test/tools/cnitool/cnitool
+
+.PHONY: all build deps test unit integration bench install demo typecheck clean
+
+all: build
+
+deps: .build/apt.stamp node_modules/.install.stamp
+
+# Debian packages: the kernel tools the tests drive, the reference plugins
+# the benchmark compares with, and Go + libcni for the cnitool driver.
+.build/apt.stamp: scripts/apt-deps.sh
+	bash scripts/apt-deps.sh
+	@mkdir -p .build && touch $@
+
+node_modules/.install.stamp: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+build: deps $(BIN)
+
+$(BIN): $(SOURCES) node_modules/.install.stamp
+	node scripts/build.mjs
+
+$(CNITOOL): test/tools/cnitool/main.go test/tools/cnitool/build.sh .build/apt.stamp
+	bash test/tools/cnitool/build.sh $(CNITOOL)
+
+typecheck: node_modules/.install.stamp
+	npx tsc --noEmit
+
+test: build $(CNITOOL) typecheck
+	npx vitest run
+
+unit: build
+	npx vitest run test/unit
+
+integration: build $(CNITOOL)
+	npx vitest run test/integration
+
+bench: build
+	node bench/bench.mjs
+
+demo: build
+	node scripts/demo.mjs
+
+install: build
+	mkdir -p $(DESTDIR)
+	install -m 0755 $(BIN) $(DESTDIR)/cni-ts
+	for p in $(PLUGINS); do ln -sf cni-ts $(DESTDIR)/$$p; done
+
+clean:
+	rm -rf bin .build

@@ -1,0 +1,14 @@
+#!/bin/bash
+# Installs the Debian packages the build, tests and benchmark need, only
+# when one is missing (so a machine that has them never touches the network).
+set -euo pipefail
+PKGS=(gcc iproute2 iptables iputils-ping containernetworking-plugins golang-go golang-github-appc-cni-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

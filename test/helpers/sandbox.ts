@@ -1,0 +1,140 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+/**
+ * A throwaway "host" network namespace with container namespaces beside it,
+ * and a temp dir for the plugins' state. Plugins run inside the host
+ * namespace (`ip netns exec`), so the machine's own links and iptables are
+ * never touched. `cleanup` removes everything, also after a failure.
+ */
+export const ROOT = resolve(__dirname, '../..');
+export const BIN = join(ROOT, 'bin');
+
+let counter = 0;
+const unique = (tag: string) => `cnits-${tag}-${process.pid}-${++counter}`;
+
+export function sh(argv: string[], input?: string): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8' });
+  return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+export function must(argv: string[], input?: string): string {
+  const r = sh(argv, input);
+  if (r.code !== 0) throw new Error(`${argv.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+export interface PluginRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: any;
+}
+
+export interface CniCall {
+  command: string;
+  containerId?: string;
+  netns?: string;
+  ifname?: string;
+  args?: string;
+  path?: string;
+  env?: Record<string, string>;
+}
+
+export class Sandbox {
+  readonly host: string;
+  readonly dir: string;
+  private containers: string[] = [];
+
+  constructor(tag: string) {
+    this.host = unique(tag);
+    this.dir = mkdtempSync(join(tmpdir(), `${this.host}-`));
+    must(['ip', 'netns', 'add', this.host]);
+    must(['ip', 'netns', 'exec', this.host, 'ip', 'link', 'set', 'lo', 'up']);
+  }
+
+  /** A new container namespace; returns its path for CNI_NETNS. */
+  container(): { name: string; path: string } {
+    const name = unique('c');
+    must(['ip', 'netns', 'add', name]);
+    this.containers.push(name);
+    return { name, path: `/var/run/netns/${name}` };
+  }
+
+  removeContainer(name: string): void {
+    sh(['ip', 'netns', 'del', name]);
+    this.containers = this.containers.filter((c) => c !== name);
+  }
+
+  /** Runs argv inside the host namespace. */
+  inHost(argv: string[]): { code: number; stdout: string; stderr: string } {
+    return sh(['ip', 'netns', 'exec', this.host, ...argv]);
+  }
+
+  inNs(ns: string, argv: string[]): { code: number; stdout: string; stderr: string } {
+    return sh(['ip', 'netns', 'exec', ns, ...argv]);
+  }
+
+  private argv(binary: string): string[] {
+    return ['ip', 'netns', 'exec', this.host, binary];
+  }
+
+  private env(call: CniCall): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, CNI_COMMAND: call.command, CNI_PATH: call.path ?? BIN, ...call.env };
+    if (call.containerId !== undefined) env.CNI_CONTAINERID = call.containerId;
+    if (call.netns !== undefined) env.CNI_NETNS = call.netns;
+    env.CNI_IFNAME = call.ifname ?? 'eth0';
+    if (call.args !== undefined) env.CNI_ARGS = call.args;
+    return env;
+  }
+
+  /** Runs a plugin binary synchronously inside the host namespace. */
+  plugin(binary: string, call: CniCall, config: unknown): PluginRun {
+    const argv = this.argv(binary);
+    const input = typeof config === 'string' ? config : JSON.stringify(config);
+    const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8', env: this.env(call) });
+    return finish(r.status ?? 1, r.stdout ?? '', r.stderr ?? '');
+  }
+
+  /** The same, without blocking (for concurrency tests). */
+  pluginAsync(binary: string, call: CniCall, config: unknown): Promise<PluginRun> {
+    const argv = this.argv(binary);
+    return new Promise((res) => {
+      const child = spawn(argv[0], argv.slice(1), { env: this.env(call) });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (b) => (out += b));
+      child.stderr.on('data', (b) => (err += b));
+      child.on('close', (code) => res(finish(code ?? 1, out, err)));
+      child.stdin.end(typeof config === 'string' ? config : JSON.stringify(config));
+    });
+  }
+
+  /** Links, addresses, routes and nat rules of the host namespace, for before/after comparisons. */
+  hostState(): string {
+    return [
+      this.inHost(['ip', '-o', 'link', 'show']).stdout.replace(/ link\/ether [0-9a-f:]+ brd [0-9a-f:]+/g, ''),
+      this.inHost(['ip', '-o', 'addr', 'show']).stdout,
+      this.inHost(['iptables-save', '-t', 'nat']).stdout.replace(/^#.*$/gm, ''),
+    ].join('\n');
+  }
+
+  cleanup(): void {
+    for (const c of this.containers) sh(['ip', 'netns', 'del', c]);
+    this.containers = [];
+    sh(['ip', 'netns', 'del', this.host]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function finish(code: number, stdout: string, stderr: string): PluginRun {
+  let json: any;
+  try {
+    json = stdout.trim() ? JSON.parse(stdout) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { code, stdout, stderr, json };
+}
