@@ -38,7 +38,9 @@ const nativeShim = {
     // binary the binding is an SEA asset instead.
     b.onResolve({ filter: /^node-gyp-build$/ }, () => ({ path: 'node-gyp-build', namespace: 'shim' }));
     b.onLoad({ filter: /.*/, namespace: 'shim' }, () => ({
-      contents: `const { loadAddon } = require(${JSON.stringify(join(root, 'lib/netlink/native.ts'))});\nmodule.exports = () => loadAddon('netlink');\n`,
+      // Lazy: the binding loads on first use, never while the startup
+      // snapshot is taken (a native handle cannot live in a snapshot).
+      contents: `const { loadAddon } = require(${JSON.stringify(join(root, 'lib/netlink/native.ts'))});\nmodule.exports = () => new Proxy({}, { get: (_, key) => loadAddon('netlink')[key] });\n`,
       resolveDir: root,
       loader: 'js',
     }));
@@ -82,7 +84,10 @@ await sea(join(out, 'main.cjs'), {
   nodePath: nodeBin,
   seaConfig: {
     disableExperimentalSEAWarning: true,
-    useCodeCache: process.env.SEA_CODE_CACHE !== '0',
+    // V8's code cache: the bundle is not parsed again at each start. (A
+    // startup snapshot of all modules was tried: deserialising it cost more
+    // than VERSION may, see README.)
+    useCodeCache: true,
     // A caller's NODE_OPTIONS must not change what a plugin runs.
     execArgvExtension: 'none',
     assets: { 'sys.node': join(out, 'native/sys.node'), 'netlink.node': join(out, 'native/netlink.node') },

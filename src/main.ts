@@ -3,6 +3,7 @@ import { basename } from 'node:path';
 import { PLUGINS } from './plugins.js';
 import { readStdin } from '../lib/cni/stdin.js';
 import { sniffVersion, versionInfo } from '../lib/cni/version.js';
+import { trace } from '../lib/cni/trace.js';
 
 /**
  * The multicall entry: the name this executable was invoked by picks the
@@ -26,6 +27,7 @@ function pluginName(): string {
 }
 
 async function main(): Promise<number> {
+  trace('main');
   const name = pluginName();
   const load = PLUGINS[name];
   const command = process.env.CNI_COMMAND ?? '';
@@ -46,7 +48,11 @@ async function main(): Promise<number> {
     }
     const [{ invoke }, { registerInProcessPlugins }] = await Promise.all([import('../lib/cni/skel.js'), import('../lib/cni/delegate.js')]);
     registerInProcessPlugins((type) => PLUGINS[type]?.(), process.execPath);
-    const outcome = await invoke(await load(), process.env, stdin);
+    trace('contract loaded');
+    const plugin = await load();
+    trace('plugin loaded');
+    const outcome = await invoke(plugin, process.env, stdin);
+    trace('done');
     if (outcome.output) print(outcome.output);
     return 0;
   } catch (err) {

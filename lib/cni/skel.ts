@@ -27,7 +27,7 @@ export interface PluginContext<C> {
 
 export interface Plugin<C extends BaseNetConf> {
   name: string;
-  schema: z.ZodType<C, unknown>;
+  schema: z.ZodType<C, z.ZodTypeDef, unknown>;
   /** CNI_ARGS keys this plugin understands (others need IgnoreUnknown). */
   knownArgs?: readonly string[];
   add(ctx: PluginContext<C>): Promise<Result>;
@@ -64,7 +64,7 @@ export function decodeConfig(stdin: Buffer): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
-export function validateConfig<C>(schema: z.ZodType<C, unknown>, raw: unknown): C {
+export function validateConfig<C>(schema: z.ZodType<C, z.ZodTypeDef, unknown>, raw: unknown): C {
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, 'invalid network config', describeZodError(parsed.error));

@@ -38,28 +38,52 @@ export function masqRules(network: string, containerId: string, cidr: string): {
 
 const key = (r: Rule) => `${r.chain}\0${r.spec.join('\0')}`;
 
+/**
+ * One iptables-restore per family, no read first: the chain is declared
+ * (created, or emptied if a crashed ADD left it) and refilled, and the jump
+ * appended. A duplicate jump can only come from a re-ADD after the
+ * interface was removed by hand; teardown removes every jump to the chain.
+ */
 export async function setupMasq(network: string, containerId: string, cidrs: string[]): Promise<void> {
   for (const fam of [4, 6] as const) {
     const mine = cidrs.filter((c) => parseCidr(c).family === fam);
     if (mine.length === 0) continue;
-    const state = await save(fam, 'nat');
-    const existing = new Set(state.rules.map(key));
     const batch = new Batch('nat');
-    const chain = chainName(network, containerId);
-    batch.declareChain(chain); // creates it, or empties a stale one
+    batch.declareChain(chainName(network, containerId));
     const seen = new Set<string>();
     for (const cidr of mine) {
       const { chainRules, jump } = masqRules(network, containerId, cidr);
-      for (const r of chainRules) if (!seen.has(key(r))) (seen.add(key(r)), batch.append(r));
-      if (!existing.has(key(jump)) && !seen.has(key(jump))) (seen.add(key(jump)), batch.append(jump));
+      for (const r of [...chainRules, jump]) {
+        if (seen.has(key(r))) continue;
+        seen.add(key(r));
+        batch.append(r);
+      }
     }
     await apply(fam, [batch]);
   }
 }
 
-export async function teardownMasq(network: string, containerId: string, families: IpFamily[]): Promise<void> {
+/**
+ * Removes the chain and every jump to it. With the container's addresses
+ * known (prevResult, or read off its interface) the exact rules are deleted
+ * in one iptables-restore; when that fails (rules already gone, addresses
+ * unknown, duplicates) one iptables-save finds whatever is there.
+ */
+export async function teardownMasq(network: string, containerId: string, families: IpFamily[], knownCidrs: string[] = []): Promise<void> {
   const chain = chainName(network, containerId);
   for (const fam of families) {
+    const mine = knownCidrs.filter((c) => parseCidr(c).family === fam);
+    if (mine.length) {
+      const batch = new Batch('nat');
+      for (const cidr of mine) batch.delete(masqRules(network, containerId, cidr).jump);
+      batch.flushChain(chain).deleteChain(chain);
+      try {
+        await apply(fam, [batch]);
+        continue;
+      } catch {
+        // fall back to reading what is really there
+      }
+    }
     const state = await save(fam, 'nat');
     const batch = new Batch('nat');
     for (const r of state.rules) if (r.spec.at(-1) === chain && r.spec.at(-2) === '-j') batch.delete(r);

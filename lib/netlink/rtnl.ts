@@ -1,4 +1,8 @@
-import { createRtNetlink, FlagsNew, type RtNetlinkSocket, type rt, type ifla } from 'netlink';
+// Only the rtnetlink part of the package (it also carries nl80211, WireGuard, genl).
+import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt';
+import { FlagsNew } from 'netlink/dist/constants';
+import type * as rt from 'netlink/dist/rt/structs';
+import type * as ifla from 'netlink/dist/rt/ifla';
 import { type Netns } from './ns.js';
 import { attr, ifinfomsg, nest, parseAttrs, str, u16, u32, u8 } from './attrs.js';
 import { formatIP, fromBytes, parseCidr, toBytes, type Family } from '../ip/index.js';

