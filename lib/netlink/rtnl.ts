@@ -17,6 +17,9 @@ const VETH_INFO_PEER = 1;
 const IFLA_BR_VLAN_FILTERING = 7;
 const IFLA_VLAN_ID = 1;
 const IFLA_BRPORT_MODE = 4; // hairpin
+const RTM_SETLINK = 19;
+const IFLA_PROTINFO = 12;
+const IFLA_AF_SPEC = 26;
 const IFLA_BRIDGE_FLAGS = 0;
 const IFLA_BRIDGE_VLAN_INFO = 2;
 const BRIDGE_FLAGS_SELF = 2;
@@ -204,8 +207,9 @@ export class Rtnl {
 
   /** Hairpin mode of a bridge port (IFLA_BRPORT_MODE through AF_BRIDGE). */
   async setHairpin(index: number, on: boolean): Promise<void> {
-    const protinfo = new Map<number, Buffer>([[IFLA_BRPORT_MODE, Buffer.from([on ? 1 : 0])]]);
-    await this.sock.setLink({ family: AF_BRIDGE, index }, { protinfo });
+    // Encoded by hand: the kernel reads IFLA_PROTINFO as port attributes
+    // only when it carries NLA_F_NESTED, which the package does not set.
+    await this.sock.request(RTM_SETLINK, [ifinfomsg(AF_BRIDGE, index), nest(IFLA_PROTINFO, u8(IFLA_BRPORT_MODE, on ? 1 : 0))]);
   }
 
   /**
@@ -216,9 +220,9 @@ export class Rtnl {
     const info = Buffer.alloc(4);
     info.writeUInt16LE((opts.pvid ? BRIDGE_VLAN_INFO_PVID : 0) | (opts.untagged ? BRIDGE_VLAN_INFO_UNTAGGED : 0), 0);
     info.writeUInt16LE(vid, 2);
-    const afSpec = new Map<number, Buffer>([[IFLA_BRIDGE_VLAN_INFO, info]]);
-    if (opts.self) afSpec.set(IFLA_BRIDGE_FLAGS, Buffer.from([BRIDGE_FLAGS_SELF, 0]));
-    await this.sock.setLink({ family: AF_BRIDGE, index }, { afSpec });
+    const spec = [attr(IFLA_BRIDGE_VLAN_INFO, info)];
+    if (opts.self) spec.unshift(u16(IFLA_BRIDGE_FLAGS, BRIDGE_FLAGS_SELF));
+    await this.sock.request(RTM_SETLINK, [ifinfomsg(AF_BRIDGE, index), nest(IFLA_AF_SPEC, ...spec)]);
   }
 
   async deleteLink(index: number): Promise<void> {

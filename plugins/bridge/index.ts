@@ -7,7 +7,7 @@ import type { Result } from '../../lib/cni/result.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
 import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
 import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/masq.js';
-import { canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
+import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
 import { trace } from '../../lib/cni/trace.js';
@@ -158,10 +158,13 @@ async function add(ctx: Ctx): Promise<Result> {
     if (cfg.isDefaultGateway) {
       for (const fam of new Set(result.ips.map((ip) => (ip.address.includes(':') ? 6 : 4)))) {
         const dst = fam === 4 ? '0.0.0.0/0' : '::/0';
-        if (!result.routes.some((r) => canonicalNetwork(r.dst) === dst)) {
-          const gw = result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
-          if (gw) result.routes.push({ dst, gw });
+        const gw = result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
+        const existing = result.routes.find((r) => canonicalNetwork(r.dst) === dst);
+        if (existing && existing.gw && gw && canonicalIP(existing.gw) !== canonicalIP(gw)) {
+          throw new CniError(ErrorCode.InvalidNetworkConfig, `isDefaultGateway ineffective because IPAM sets default route via ${existing.gw}`);
         }
+        if (existing) existing.gw ??= gw;
+        else if (gw) result.routes.push({ dst, gw });
       }
     }
 

@@ -34,8 +34,10 @@ const hostVeths = () => sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).
 describe('bridge + host-local in real namespaces', () => {
   it('ADD wires the container: address, default route, gateway reachable', () => {
     const c = sb.container();
-    const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'ctr1', netns: c.path }, netconf());
+    const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'ctr1', netns: c.path }, netconf({ hairpinMode: true }, { routes: [{ dst: '0.0.0.0/0' }] }));
     expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(sb.inHost(['cat', `/sys/class/net/${r.json.interfaces[1].name}/brport/hairpin_mode`]).stdout.trim()).toBe('1');
+    expect(sb.inHost(['cat', `/sys/class/net/${r.json.interfaces[1].name}/master/uevent`]).stdout).toContain('INTERFACE=cnitest0');
     expect(r.json.interfaces.map((i: { name: string }) => i.name)).toEqual(['cnitest0', expect.stringMatching(/^veth[0-9a-f]{8}$/), 'eth0']);
     expect(r.json.interfaces[2].sandbox).toBe(c.path);
     expect(r.json.ips).toEqual([{ interface: 2, address: '10.77.0.2/24', gateway: '10.77.0.1' }]);
