@@ -5,7 +5,7 @@ import type * as rt from 'netlink/dist/rt/structs';
 import type * as ifla from 'netlink/dist/rt/ifla';
 import { type Netns } from './ns.js';
 import { attr, ifinfomsg, nest, parseAttrs, str, u16, u32, u8 } from './attrs.js';
-import { formatIP, fromBytes, parseCidr, toBytes, type Family } from '../ip/index.js';
+import { formatIP, fromBytes, parseCidr, parseIP, toBytes, type Family } from '../ip/index.js';
 
 // Kernel constants (linux/if_link.h, rtnetlink.h) the package does not name.
 const IFLA_IFNAME = 3;
@@ -63,6 +63,13 @@ export interface RouteInfo {
   scope: number;
   priority?: number;
   protocol: number | string;
+}
+
+export interface NeighbourInfo {
+  index: number;
+  ip: string;
+  mac: string;
+  permanent: boolean;
 }
 
 export interface RouteSpec {
@@ -261,6 +268,31 @@ export class Rtnl {
     const c = parseCidr(cidr);
     const bytes = toBytes(c.family, c.ip);
     await this.sock.delAddress({ family: c.family === 4 ? AF_INET : AF_INET6, prefixlen: c.prefix, index }, { local: bytes, address: bytes });
+  }
+
+  async neighbours(index?: number): Promise<NeighbourInfo[]> {
+    const out: NeighbourInfo[] = [];
+    for (const m of await this.sock.getNeighbors()) {
+      if (!m.attrs.dst || (index !== undefined && m.data.ifindex !== index)) continue;
+      const { family, ip } = fromBytes(m.attrs.dst);
+      out.push({ index: m.data.ifindex ?? 0, ip: formatIP(family, ip), mac: macToString(m.attrs.lladdr), permanent: Boolean(m.data.state?.permanent) });
+    }
+    return out;
+  }
+
+  /** A permanent neighbour entry (static ARP / NDP), replacing any existing one. */
+  async setNeighbour(index: number, ipText: string, mac: string): Promise<void> {
+    const { family, ip } = parseIP(ipText);
+    await this.sock.newNeighbor(
+      { family: family === 4 ? AF_INET : AF_INET6, ifindex: index, state: { permanent: true } },
+      { dst: toBytes(family, ip), lladdr: macToBytes(mac) },
+      { flags: FlagsNew.CREATE | FlagsNew.REPLACE },
+    );
+  }
+
+  async delNeighbour(index: number, ipText: string): Promise<void> {
+    const { family, ip } = parseIP(ipText);
+    await this.sock.delNeighbor({ family: family === 4 ? AF_INET : AF_INET6, ifindex: index }, { dst: toBytes(family, ip) });
   }
 
   async routes(family?: Family): Promise<RouteInfo[]> {
