@@ -18,8 +18,12 @@ deps: .build/apt.stamp node_modules/.install.stamp
 	bash scripts/apt-deps.sh
 	@mkdir -p .build && touch $@
 
-node_modules/.install.stamp: package-lock.json
-	npm ci --no-audit --no-fund
+# npm ci, from the lock file. The registry mirror here serves no packages for
+# other platforms (rollup's optional @rollup/rollup-<os>-<cpu>), so the lock
+# cannot list them and npm ci may refuse it as out of sync: then npm install
+# installs the same locked versions without rewriting the lock.
+node_modules/.install.stamp: package-lock.json package.json
+	npm ci --no-audit --no-fund || npm install --no-audit --no-fund --no-save
 	@touch $@
 
 build: deps $(BIN)
