@@ -38,7 +38,8 @@ typecheck: node_modules/.install.stamp
 	npx tsc --noEmit
 
 test: build $(CNITOOL) typecheck
-	npx vitest run
+	npx vitest run --reporter=default --reporter=json --outputFile.json=.build/vitest.json; \
+	  node scripts/test-summary.mjs .build/vitest.json $$?
 
 unit: build
 	npx vitest run test/unit

@@ -1,0 +1,61 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
+
+// Every example in conf.d/, run as a runtime runs a list: each plugin gets its
+// own object plus cniVersion, name and the previous result; DEL in reverse.
+let sb: Sandbox;
+beforeEach(() => {
+  sb = new Sandbox('ex');
+});
+afterEach(() => sb.cleanup());
+
+const examples = readdirSync(join(ROOT, 'conf.d')).filter((f) => f.endsWith('.conflist'));
+
+describe('conf.d examples', () => {
+  for (const file of examples) {
+    it(`${file}: ADD, CHECK, DEL; the container reaches its gateway; nothing left`, () => {
+      const list = JSON.parse(readFileSync(join(ROOT, 'conf.d', file), 'utf8'));
+      const c = sb.container();
+      const call = (command: string, plugin: Record<string, unknown>, prevResult?: unknown) => {
+        const conf: Record<string, unknown> = { ...plugin, cniVersion: list.cniVersion, name: list.name, ...(prevResult ? { prevResult } : {}) };
+        if (conf.ipam) conf.ipam = { ...(conf.ipam as object), dataDir: join(sb.dir, 'ipam') };
+        return sb.plugin(join(BIN, plugin.type as string), { command, containerId: 'example', netns: c.path }, conf);
+      };
+      let result: any;
+      for (const p of list.plugins) {
+        const r = call('ADD', p, result);
+        expect(r.code, r.stdout + r.stderr).toBe(0);
+        result = r.json;
+      }
+      for (const ip of result.ips) {
+        const v6 = ip.address.includes(':');
+        expect(sb.inNs(c.name, ['ping', ...(v6 ? ['-6'] : []), '-c', '1', '-W', '3', ip.gateway]).code, ip.gateway).toBe(0);
+      }
+      for (const p of list.plugins) expect(call('CHECK', p, result).code).toBe(0);
+      for (const p of [...list.plugins].reverse()) expect(call('DEL', p, result).code).toBe(0);
+      expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).not.toContain(':CNI-');
+      expect(sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim()).toBe('');
+    });
+  }
+});
+
+describe('make install', () => {
+  it('puts the executable and one link per plugin into DESTDIR', () => {
+    const dest = mkdtempSync(join(tmpdir(), 'cnits-install-'));
+    try {
+      const r = spawnSync('make', ['-s', '-C', ROOT, 'install', `DESTDIR=${dest}`], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      for (const p of ['bridge', 'host-local']) {
+        expect(existsSync(join(dest, p))).toBe(true);
+        const v = spawnSync(join(dest, p), [], { input: '{"cniVersion":"1.0.0"}', env: { CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
+        expect(JSON.parse(v.stdout).supportedVersions).toContain('1.1.0');
+      }
+    } finally {
+      rmSync(dest, { recursive: true, force: true });
+    }
+  });
+});
