@@ -69,6 +69,24 @@ describe('bridge + host-local in real namespaces', () => {
     expect(noAddr.json.msg).toMatch(/address 10\.77\.0\.2\/24/);
   });
 
+  it('delegates to an IPAM binary that is not ours (the reference host-local), and the reference bridge uses ours', () => {
+    // Our bridge, with CNI_PATH holding only the reference plugins: IPAM runs as a separate process.
+    const c1 = sb.container();
+    const conf = netconf();
+    const a = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'x1', netns: c1.path, path: '/usr/lib/cni' }, conf);
+    expect(a.code, a.stdout + a.stderr).toBe(0);
+    expect(a.json.ips[0].address).toBe('10.77.0.2/24');
+    // The reference bridge delegating to our host-local, sharing the same store.
+    const c2 = sb.container();
+    const b = sb.plugin('/usr/lib/cni/bridge', { command: 'ADD', containerId: 'x2', netns: c2.path, path: BIN }, netconf({ cniVersion: '1.0.0' }));
+    expect(b.code, b.stdout + b.stderr).toBe(0);
+    expect(b.json.ips[0].address).toBe('10.77.0.3/24');
+    expect(allocations()).toEqual(['10.77.0.2', '10.77.0.3']);
+    expect(sb.plugin(BRIDGE, { command: 'DEL', containerId: 'x1', netns: c1.path, path: '/usr/lib/cni' }, conf).code).toBe(0);
+    expect(sb.plugin('/usr/lib/cni/bridge', { command: 'DEL', containerId: 'x2', netns: c2.path, path: BIN }, netconf()).code).toBe(0);
+    expect(allocations()).toEqual([]);
+  });
+
   it('CHECK with cniVersion below 0.4.0 is code 1', () => {
     const c = sb.container();
     const r = sb.plugin(BRIDGE, { command: 'CHECK', containerId: 'ctr1', netns: c.path }, netconf({ cniVersion: '0.3.1' }));
