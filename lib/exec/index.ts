@@ -50,3 +50,31 @@ export function run(tool: string, args: string[], input?: string): Promise<ExecR
     child.stdin.end(input ?? '');
   });
 }
+
+/** A process started now whose input is written later (to hide its start-up behind other work). */
+export interface Started {
+  finish(input: string): Promise<ExecResult>;
+}
+
+export function start(tool: string, args: string[]): Started {
+  const file = which(tool);
+  if (!file) return { finish: async () => ({ code: 127, stdout: '', stderr: `${tool}: not found` }) };
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (b: Buffer) => out.push(b));
+  child.stderr.on('data', (b: Buffer) => err.push(b));
+  child.stdin.on('error', () => undefined);
+  const done = new Promise<ExecResult>((resolve) => {
+    child.on('error', (e) => resolve({ code: 127, stdout: '', stderr: e.message }));
+    child.on('close', (code) =>
+      resolve({ code: code ?? 1, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }),
+    );
+  });
+  return {
+    finish(input: string) {
+      child.stdin.end(input);
+      return done;
+    },
+  };
+}

@@ -1,5 +1,5 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
-import { run } from '../exec/index.js';
+import { run, start, type Started } from '../exec/index.js';
 
 /**
  * iptables as data: a rule is (table, chain, argv). Changes are batched into
@@ -123,12 +123,39 @@ export class Batch {
   }
 }
 
+/**
+ * An iptables-restore started before its rules are known: a plugin starts
+ * it first thing and hands it the batch once the addresses are allocated,
+ * so the tool's own start-up overlaps the netlink work. Unused, it is given
+ * empty input and exits without touching anything.
+ */
+export class PendingRestore {
+  private proc: Started | undefined;
+  constructor(readonly family: IpFamily) {
+    this.proc = start(tool(family, 'restore'), RESTORE_ARGS);
+  }
+  take(): Started | undefined {
+    const p = this.proc;
+    this.proc = undefined;
+    return p;
+  }
+  async discard(): Promise<void> {
+    await this.take()?.finish('');
+  }
+}
+
+const RESTORE_ARGS = ['--noflush', '-w', '10'];
+
 /** Applies batches of one family in one iptables-restore call (no call when all are empty). */
-export async function apply(family: IpFamily, batches: Batch[]): Promise<void> {
+export async function apply(family: IpFamily, batches: Batch[], pending?: PendingRestore): Promise<void> {
   const used = batches.filter((b) => !b.empty);
-  if (used.length === 0) return;
+  const proc = pending?.family === family ? pending.take() : undefined;
+  if (used.length === 0) {
+    await proc?.finish('');
+    return;
+  }
   const input = used.map((b) => b.text()).join('');
-  const r = await run(tool(family, 'restore'), ['--noflush', '-w', '10'], input);
+  const r = proc ? await proc.finish(input) : await run(tool(family, 'restore'), RESTORE_ARGS, input);
   if (r.code !== 0) {
     throw new CniError(ErrorCode.IptablesFailed, `${tool(family, 'restore')} failed`, `${r.stderr.trim()}\ninput:\n${input}`);
   }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { apply, Batch, save, type IpFamily, type Rule } from './index.js';
+import { apply, Batch, save, type IpFamily, type PendingRestore, type Rule } from './index.js';
 import { canonicalNetwork, parseCidr } from '../ip/index.js';
 
 /**
@@ -44,7 +44,7 @@ const key = (r: Rule) => `${r.chain}\0${r.spec.join('\0')}`;
  * appended. A duplicate jump can only come from a re-ADD after the
  * interface was removed by hand; teardown removes every jump to the chain.
  */
-export async function setupMasq(network: string, containerId: string, cidrs: string[]): Promise<void> {
+export async function setupMasq(network: string, containerId: string, cidrs: string[], pending?: PendingRestore): Promise<void> {
   for (const fam of [4, 6] as const) {
     const mine = cidrs.filter((c) => parseCidr(c).family === fam);
     if (mine.length === 0) continue;
@@ -59,7 +59,7 @@ export async function setupMasq(network: string, containerId: string, cidrs: str
         batch.append(r);
       }
     }
-    await apply(fam, [batch]);
+    await apply(fam, [batch], pending);
   }
 }
 

@@ -7,6 +7,7 @@ import type { Result } from '../../lib/cni/result.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
 import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
 import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/masq.js';
+import { PendingRestore } from '../../lib/iptables/index.js';
 import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
@@ -115,6 +116,8 @@ async function add(ctx: Ctx): Promise<Result> {
   const type = ipamType(ctx);
 
   const netns = Netns.open(ctx.env.netns);
+  // iptables-restore starts now and gets its rules once IPAM has answered.
+  const masqRestore = cfg.ipMasq ? new PendingRestore(4) : undefined;
   const host = Rtnl.open();
   const cont = Rtnl.open(netns);
   const hostNsFd = openSync('/proc/thread-self/ns/net', 'r');
@@ -205,7 +208,7 @@ async function add(ctx: Ctx): Promise<Result> {
       if (hasV6) writeSysctl('net.ipv6.conf.all.forwarding', '1');
     }
     trace('gateway configured');
-    if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address));
+    if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address), masqRestore);
 
     trace('masq done');
     // The bridge's MAC may change as ports join: report what it is now.
@@ -222,6 +225,7 @@ async function add(ctx: Ctx): Promise<Result> {
     if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
     throw toCniError(err);
   } finally {
+    await masqRestore?.discard();
     closeSync(hostNsFd);
     host.close();
     cont.close();
