@@ -12,6 +12,8 @@ export interface Rule {
   chain: string;
   /** The rule's match and target, as argv (without `-A chain`). */
   spec: string[];
+  /** Packet and byte counters, when read with `iptables-save -c`. */
+  counters?: { packets: bigint; bytes: bigint };
 }
 
 export interface TableState {
@@ -68,17 +70,31 @@ export function parseSave(text: string): Map<string, TableState> {
       cur.chains.set(name, policy ?? '-');
     } else {
       let argv = splitRuleLine(line);
-      if (argv[0]?.startsWith('[')) argv = argv.slice(1); // counters from -c
-      if (argv[0] === '-A' && argv.length >= 2) cur.rules.push({ chain: argv[1], spec: argv.slice(2) });
+      let counters: Rule['counters'];
+      const m = /^\[(\d+):(\d+)\]$/.exec(argv[0] ?? '');
+      if (m) {
+        counters = { packets: BigInt(m[1]), bytes: BigInt(m[2]) };
+        argv = argv.slice(1);
+      }
+      if (argv[0] === '-A' && argv.length >= 2) cur.rules.push({ chain: argv[1], spec: argv.slice(2), ...(counters ? { counters } : {}) });
     }
   }
   return tables;
 }
 
-const tool = (f: IpFamily, what: 'save' | 'restore') => `${f === 6 ? 'ip6tables' : 'iptables'}-${what}`;
+/**
+ * The host's iptables: `iptables-restore`/`iptables-save` as the system's
+ * alternatives select them (nft or legacy). CNI_TS_IPTABLES=legacy|nft
+ * picks one explicitly (the tests run both).
+ */
+function tool(f: IpFamily, what: 'save' | 'restore'): string {
+  const backend = process.env.CNI_TS_IPTABLES;
+  const base = f === 6 ? 'ip6tables' : 'iptables';
+  return backend === 'legacy' || backend === 'nft' ? `${base}-${backend}-${what}` : `${base}-${what}`;
+}
 
-export async function save(family: IpFamily, table: string): Promise<TableState> {
-  const r = await run(tool(family, 'save'), ['-t', table]);
+export async function save(family: IpFamily, table: string, opts: { counters?: boolean } = {}): Promise<TableState> {
+  const r = await run(tool(family, 'save'), ['-t', table, ...(opts.counters ? ['-c'] : [])]);
   if (r.code !== 0) {
     throw new CniError(ErrorCode.IptablesFailed, `${tool(family, 'save')} failed`, r.stderr.trim());
   }
@@ -92,6 +108,11 @@ export class Batch {
 
   get empty(): boolean {
     return this.lines.length === 0;
+  }
+  /** Creates a chain; the whole restore fails if it already exists. */
+  newChain(name: string): this {
+    this.lines.push(`-N ${quoteArg(name)}`);
+    return this;
   }
   /** Declares a chain; with --noflush an existing chain is emptied. */
   declareChain(name: string): this {
@@ -163,4 +184,138 @@ export async function apply(family: IpFamily, batches: Batch[], pending?: Pendin
 
 export function sameRule(a: Rule, b: Rule): boolean {
   return a.chain === b.chain && a.spec.length === b.spec.length && a.spec.every((x, i) => x === b.spec[i]);
+}
+
+const ruleKey = (r: Rule) => `${r.chain}\0${r.spec.join('\0')}`;
+
+/**
+ * Plans changes to one table against the state read by one iptables-save:
+ * each operation checks (and updates) that state, so a rule present is not
+ * added twice and a rule absent is not deleted; the result is one Batch.
+ */
+export class TablePlan {
+  readonly batch: Batch;
+  private readonly rules: Rule[];
+  private readonly chains: Set<string>;
+
+  constructor(readonly table: string, state: TableState) {
+    this.batch = new Batch(table);
+    this.rules = state.rules.map((r) => ({ chain: r.chain, spec: r.spec }));
+    this.chains = new Set(state.chains.keys());
+  }
+
+  hasChain(name: string): boolean {
+    return this.chains.has(name);
+  }
+  has(rule: Rule): boolean {
+    const k = ruleKey(rule);
+    return this.rules.some((r) => ruleKey(r) === k);
+  }
+  rulesOf(chain: string): Rule[] {
+    return this.rules.filter((r) => r.chain === chain);
+  }
+  /** Every rule anywhere in the table that jumps (or goes) to `chain`. */
+  jumpsTo(chain: string): Rule[] {
+    return this.rules.filter((r) => {
+      const i = r.spec.findIndex((a, idx) => (a === '-j' || a === '-g') && r.spec[idx + 1] === chain);
+      return i >= 0;
+    });
+  }
+  ensureChain(name: string): this {
+    if (!this.chains.has(name)) {
+      this.batch.newChain(name);
+      this.chains.add(name);
+    }
+    return this;
+  }
+  appendUnique(rule: Rule): this {
+    if (!this.has(rule)) {
+      this.batch.append(rule);
+      this.rules.push(rule);
+    }
+    return this;
+  }
+  /** Puts the rule first in its chain unless it is already somewhere in it. */
+  insertUnique(rule: Rule): this {
+    if (!this.has(rule)) {
+      this.batch.insert(rule, 1);
+      this.rules.unshift(rule);
+    }
+    return this;
+  }
+  /** Deletes every copy of the rule; absent is fine. */
+  delete(rule: Rule): this {
+    const k = ruleKey(rule);
+    for (let i = this.rules.length - 1; i >= 0; i--) {
+      if (ruleKey(this.rules[i]) === k) {
+        this.batch.delete(rule);
+        this.rules.splice(i, 1);
+      }
+    }
+    return this;
+  }
+  flushChain(name: string): this {
+    if (!this.chains.has(name)) return this;
+    if (this.rulesOf(name).length) this.batch.flushChain(name);
+    for (let i = this.rules.length - 1; i >= 0; i--) if (this.rules[i].chain === name) this.rules.splice(i, 1);
+    return this;
+  }
+  /** Removes a chain, its rules and every jump to it. */
+  removeChain(name: string): this {
+    if (!this.chains.has(name)) return this;
+    for (const j of this.jumpsTo(name)) this.delete(j);
+    this.flushChain(name);
+    this.batch.deleteChain(name);
+    this.chains.delete(name);
+    return this;
+  }
+}
+
+/**
+ * Serialises read-modify-write cycles of our own plugin processes on one
+ * network namespace (the lock file is named after the namespace's inode),
+ * so concurrent ADDs never plan against the same stale state. The kernel
+ * drops the flock if a plugin dies. Processes that are not ours are covered
+ * by the restore's atomicity and one retry (a -N that lost a race fails the
+ * whole restore, which is then planned again).
+ */
+export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
+  const { closeSync, mkdirSync, openSync, statSync } = await import('node:fs');
+  const { sys } = await import('../netlink/ns.js');
+  const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${(await import('node:os')).tmpdir()}/cni-ts-${process.getuid?.()}`;
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const ino = statSync('/proc/thread-self/ns/net').ino;
+  const fd = openSync(`${dir}/iptables-${ino}.lock`, 'a', 0o600);
+  try {
+    const deadline = Date.now() + 60_000;
+    let wait = 1;
+    while (!sys().flock(fd, true, false)) {
+      if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the iptables lock');
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 20);
+    }
+    return await fn();
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * One locked read-plan-apply cycle on one table of one family: one
+ * iptables-save, the caller's plan, one iptables-restore (none when the plan
+ * changed nothing). Returns what `plan` returned.
+ */
+export async function transaction<T>(family: IpFamily, table: string, plan: (p: TablePlan) => T, opts: { counters?: boolean } = {}): Promise<T> {
+  return withIptablesLock(async () => {
+    for (let attempt = 0; ; attempt++) {
+      const p = new TablePlan(table, await save(family, table, opts));
+      const out = plan(p);
+      try {
+        await apply(family, [p.batch]);
+        return out;
+      } catch (err) {
+        if (attempt >= 2) throw err;
+      }
+    }
+  });
 }

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { chainName } from './names.js';
 import { apply, Batch, save, type IpFamily, type PendingRestore, type Rule } from './index.js';
 import { canonicalNetwork, parseCidr } from '../ip/index.js';
 
@@ -9,9 +9,7 @@ import { canonicalNetwork, parseCidr } from '../ip/index.js';
  * Teardown finds the jumps by chain name in one iptables-save, so it needs
  * neither the namespace nor the address (the reference leaks the chain then).
  */
-export function chainName(network: string, containerId: string, prefix = 'CNI-'): string {
-  return prefix + createHash('sha512').update(network + containerId).digest('hex').slice(0, 28 - prefix.length);
-}
+export { chainName };
 
 export function comment(network: string, containerId: string): string {
   return `name: ${JSON.stringify(network)} id: ${JSON.stringify(containerId)}`;

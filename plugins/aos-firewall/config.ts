@@ -1,0 +1,21 @@
+import { z } from 'zod';
+import { netConf, obj } from '../../lib/cni/schema.js';
+import { chainNameSchema } from '../firewall/config.js';
+
+// Aos writes ports as strings ("8080", "80,443", "8000:8080"); numbers are accepted too.
+const portish = z.union([z.string(), z.number().int()]).transform(String);
+
+export const DEFAULT_STATE_PATH = '/run/containers/cni/aos-firewall/aos_chains.conf';
+
+export const aosFirewallConfig = netConf({
+  uuid: z.string().min(1, 'uuid is required'),
+  iptablesAdminChainName: z.string({ required_error: 'iptablesAdminChainName must be specified' }).min(1, 'iptablesAdminChainName must be specified'),
+  allowPublicConnections: z.boolean().default(false),
+  runtimeStatePath: z.string().min(1).default(DEFAULT_STATE_PATH),
+  inputAccess: z.array(obj({ port: portish, protocol: z.string().optional() })).nullish(),
+  outputAccess: z
+    .array(obj({ dstIp: z.string().min(1), dstPort: portish.optional(), proto: z.string().optional(), srcIp: z.string().optional() }))
+    .nullish(),
+});
+export type AosFirewallConfig = z.output<typeof aosFirewallConfig>;
+export { chainNameSchema };

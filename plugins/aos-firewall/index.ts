@@ -1,0 +1,162 @@
+import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
+import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+import { save, transaction } from '../../lib/iptables/index.js';
+import { chainName } from '../../lib/iptables/names.js';
+import { portCount } from '../../lib/iptables/rule.js';
+import { canonicalIP, isCidr, isIP, parseCidr } from '../../lib/ip/index.js';
+import { which } from '../../lib/exec/index.js';
+import { aosFirewallConfig, type AosFirewallConfig } from './config.js';
+import { maskToBase64, StateFile, type AccessChain, type AccessRule } from './state.js';
+import { expectedRules, planAdd, planDel } from './rules.js';
+
+/**
+ * aos-firewall: per-instance isolation for the Aos service manager, with the
+ * original's chain names and state file (see rules.ts for the layout).
+ */
+type Ctx = PluginContext<AosFirewallConfig>;
+const MAX_PORTS = 15;
+const bad = (msg: string, details = '') => new CniError(ErrorCode.InvalidNetworkConfig, msg, details);
+
+/** Everything from the config that needs no kernel: validated before any change. */
+function validated(cfg: AosFirewallConfig) {
+  const tcp: string[] = [];
+  const udp: string[] = [];
+  for (const entry of cfg.inputAccess ?? []) {
+    const protocol = (entry.protocol ?? '').toLowerCase() || 'tcp';
+    if (protocol !== 'tcp' && protocol !== 'udp') throw bad(`inputAccess protocol "${entry.protocol}" is not supported`, 'use tcp or udp');
+    if (entry.port.trim() === '') throw bad('inputAccess entry without a port');
+    try {
+      portCount(entry.port);
+    } catch (err) {
+      throw bad(`inputAccess: ${(err as Error).message}`, 'a port, a:b range or comma list of them');
+    }
+    (protocol === 'tcp' ? tcp : udp).push(...entry.port.split(','));
+  }
+  for (const [name, list] of [['tcp', tcp], ['udp', udp]] as const) {
+    if (list.length && portCount(list.join(',')) > MAX_PORTS) {
+      throw bad(`inputAccess: more than ${MAX_PORTS} ${name} ports`, 'iptables multiport takes at most 15 (a range counts as two)');
+    }
+  }
+  const outRules: AccessRule[] = [];
+  for (const o of cfg.outputAccess ?? []) {
+    const address = (s: string, what: string) => {
+      if (!isIP(s) && !isCidr(s)) throw bad(`outputAccess ${what} "${s}" is not an IP address`);
+      if (s.includes(':')) throw new CniError(ErrorCode.UnsupportedField, 'aos-firewall handles IPv4 only', s);
+      return s.includes('/') ? s : canonicalIP(s);
+    };
+    const dstIp = address(o.dstIp, 'dstIp');
+    const srcIp = o.srcIp ? address(o.srcIp, 'srcIp') : '';
+    const proto = (o.proto ?? '').toLowerCase();
+    if (proto !== '' && proto !== 'tcp' && proto !== 'udp') throw bad(`outputAccess proto "${o.proto}" is not supported`, 'use tcp or udp');
+    const dstPort = o.dstPort ?? '';
+    if (dstPort !== '') {
+      if (proto === '') throw bad('outputAccess dstPort needs proto tcp or udp');
+      try {
+        if (portCount(dstPort) > MAX_PORTS) throw new Error(`more than ${MAX_PORTS} ports`);
+      } catch (err) {
+        throw bad(`outputAccess: ${(err as Error).message}`);
+      }
+    }
+    outRules.push({ dstIp, dstPort, proto, srcIp });
+  }
+  return { tcp, udp, outRules };
+}
+
+/** The host facts the rules need: the gateway's prefix on the host and, when public, the WAN interface. */
+async function hostFacts(gateway: string, needWan: boolean): Promise<{ gatewayPrefixLen: string; wan: string }> {
+  const { Rtnl } = await import('../../lib/netlink/rtnl.js');
+  const host = Rtnl.open();
+  try {
+    const gw = canonicalIP(gateway);
+    const holder = (await host.addresses(undefined, 4)).find((a) => a.ip === gw);
+    if (!holder) throw bad(`no host interface has the gateway address ${gateway}`, 'chain aos-firewall after bridge with isGateway');
+    let wan = '';
+    if (needWan) {
+      const route = (await host.routes(4)).find((r) => r.dst === '0.0.0.0/0' && r.table === 254 && r.oif !== undefined);
+      if (!route) throw bad('allowPublicConnections needs a default route on the host to find the public interface');
+      wan = (await host.linkByIndex(route.oif!))?.name ?? '';
+      if (!wan) throw bad('the default route has no interface');
+    }
+    return { gatewayPrefixLen: String(holder.prefix), wan };
+  } finally {
+    host.close();
+  }
+}
+
+async function entryFor(ctx: Ctx): Promise<AccessChain> {
+  const cfg = ctx.config;
+  const { tcp, udp, outRules } = validated(cfg);
+  const prev = ctx.prevResult;
+  if (!prev) throw bad('aos-firewall must be chained after bridge: missing prevResult');
+  const first = prev.ips[0];
+  if (!first) throw bad('got no container IPs in prevResult');
+  if (first.address.includes(':')) throw new CniError(ErrorCode.UnsupportedField, 'aos-firewall handles IPv4 only', first.address);
+  if (!first.gateway) throw bad('the container address in prevResult has no gateway');
+  const c = parseCidr(first.address);
+  const facts = await hostFacts(first.gateway, cfg.allowPublicConnections);
+  return {
+    name: chainName(cfg.iptablesAdminChainName, cfg.uuid),
+    containerID: cfg.uuid,
+    address: { IP: first.address.split('/')[0], Mask: maskToBase64(c.prefix) },
+    gateway: canonicalIP(first.gateway),
+    gatewayPrefixLen: facts.gatewayPrefixLen,
+    publicInterface: facts.wan,
+    outRules,
+    inputPortsUDP: udp,
+    inputPortsTCP: tcp,
+    hasInternetConnection: cfg.allowPublicConnections,
+  };
+}
+
+export default definePlugin({
+  name: 'aos-firewall',
+  schema: aosFirewallConfig,
+
+  async add(ctx) {
+    const entry = await entryFor(ctx);
+    const state = new StateFile(ctx.config.runtimeStatePath);
+    await state.update(async (map) => {
+      const old = map[ctx.config.uuid];
+      await transaction(4, 'filter', (p) => {
+        if (old && (old.address?.IP !== entry.address.IP || old.name !== entry.name)) planDel(p, old);
+        planAdd(p, entry);
+      });
+      map[ctx.config.uuid] = entry;
+    });
+    return ctx.prevResult!;
+  },
+
+  /** By uuid: what was applied is in the state file, no prevResult needed. */
+  async del(ctx) {
+    const state = new StateFile(ctx.config.runtimeStatePath);
+    await state.update(async (map) => {
+      const entry = map[ctx.config.uuid];
+      const name = chainName(ctx.config.iptablesAdminChainName, ctx.config.uuid);
+      await transaction(4, 'filter', (p) => {
+        if (entry) planDel(p, entry);
+        // Without an entry (state file wiped) the instance chain is still found by name.
+        p.removeChain(name);
+      });
+      delete map[ctx.config.uuid];
+    });
+  },
+
+  async check(ctx) {
+    const entry = await entryFor(ctx);
+    const stored = new StateFile(ctx.config.runtimeStatePath).read()[ctx.config.uuid];
+    if (!stored) throw new CniError(ErrorCode.CheckFailed, `instance ${ctx.config.uuid} is not in ${ctx.config.runtimeStatePath}`);
+    const filter = await save(4, 'filter');
+    const have = new Set(filter.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
+    for (const chain of ['AOS-FORWARD-PORT', 'AOS-FORWARD', 'AOS-OUTPUT', entry.name]) {
+      if (!filter.chains.has(chain)) throw new CniError(ErrorCode.CheckFailed, `chain ${chain} not found`);
+    }
+    for (const r of expectedRules(entry)) {
+      const line = `${r.chain} ${r.spec.join(' ')}`;
+      if (!have.has(line)) throw new CniError(ErrorCode.CheckFailed, 'expected iptables rule not found', `-A ${line}`);
+    }
+  },
+
+  async status() {
+    if (!which('iptables-restore') || !which('iptables-save')) throw new CniError(ErrorCode.NotAvailable, 'iptables-restore / iptables-save not found');
+  },
+});

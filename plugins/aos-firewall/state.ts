@@ -1,0 +1,94 @@
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { sys } from '../../lib/netlink/ns.js';
+import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+
+/**
+ * The state file the Aos aos-firewall plugin keeps (default
+ * /run/containers/cni/aos-firewall/aos_chains.conf): a JSON object from
+ * instance uuid to what was applied, flock()ed on the file itself. Same
+ * file, same fields, same lock as the original, so either plugin can take
+ * over from the other.
+ */
+export interface AccessRule {
+  dstIp: string;
+  dstPort: string;
+  proto: string;
+  srcIp: string;
+}
+
+export interface AccessChain {
+  name: string;
+  containerID: string;
+  /** Go's net.IPNet: IP as text, Mask as base64 bytes. */
+  address: { IP: string; Mask: string };
+  gateway: string;
+  gatewayPrefixLen: string;
+  publicInterface: string;
+  outRules: AccessRule[] | null;
+  inputPortsUDP: string[] | null;
+  inputPortsTCP: string[] | null;
+  hasInternetConnection: boolean;
+}
+
+export type StateMap = Record<string, AccessChain>;
+
+export function maskToBase64(prefix: number): string {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0);
+  return b.toString('base64');
+}
+
+export function maskToPrefix(mask: string): number {
+  const b = Buffer.from(mask, 'base64');
+  let n = 0;
+  for (const byte of b) for (let i = 7; i >= 0; i--) if (byte & (1 << i)) n++;
+  return n;
+}
+
+export class StateFile {
+  constructor(readonly path: string) {}
+
+  /** Runs fn with the file locked, handing it the map and saving what fn leaves in it. */
+  async update<T>(fn: (state: StateMap) => Promise<T> | T): Promise<T> {
+    try {
+      mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
+    } catch (err) {
+      throw new CniError(ErrorCode.IOFailure, `cannot create ${dirname(this.path)}`, String(err));
+    }
+    const fd = openSync(this.path, 'a+', 0o644);
+    try {
+      const deadline = Date.now() + 60_000;
+      let wait = 1;
+      while (!sys().flock(fd, true, false)) {
+        if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock on ${this.path}`);
+        await new Promise((r) => setTimeout(r, wait));
+        wait = Math.min(wait * 2, 20);
+      }
+      const state = this.read();
+      const before = JSON.stringify(state);
+      const out = await fn(state);
+      if (JSON.stringify(state) !== before) writeFileSync(this.path, JSON.stringify(state, null, ' '));
+      return out;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  read(): StateMap {
+    let text: string;
+    try {
+      text = readFileSync(this.path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+      throw new CniError(ErrorCode.IOFailure, `cannot read ${this.path}`, String(err));
+    }
+    if (text.trim() === '') return {};
+    try {
+      const v = JSON.parse(text) as unknown;
+      return v && typeof v === 'object' && !Array.isArray(v) ? (v as StateMap) : {};
+    } catch (err) {
+      throw new CniError(ErrorCode.DecodingFailure, `state file ${this.path} is not valid JSON`, String(err));
+    }
+  }
+}
