@@ -1,0 +1,194 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, must, Sandbox } from '../helpers/sandbox.js';
+import { Traffic } from '../helpers/traffic.js';
+
+/**
+ * The aos-firewall traffic matrix on a real topology:
+ *
+ *   W (the "WAN", 203.0.113.2) ── wan0 ── H (the test's host, default route via W)
+ *   H: br-aa 10.61.1.1/24 ── I1 (public, inputAccess tcp 8080 + udp 9090, outputAccess I1→I3 tcp 7070)
+ *                       └── I2 (not public)
+ *   H: br-bb 10.61.2.1/24 ── I3
+ *
+ * Each instance is wired by our bridge + host-local and then aos-firewall,
+ * chained as the Aos service manager does (prevResult threaded through).
+ */
+const BRIDGE = join(BIN, 'bridge');
+const FW = join(BIN, 'aos-firewall');
+let sb: Sandbox;
+let net: Traffic;
+let W: string;
+const inst: Record<string, { ns: string; path: string; ip: string; conf: Record<string, unknown>; prev: unknown }> = {};
+
+function bridgeConf(name: string, br: string, subnet: string) {
+  // As the Aos service manager writes it: the default route comes from IPAM.
+  return { cniVersion: '0.4.0', name, type: 'bridge', bridge: br, isGateway: true, ipMasq: false, hairpinMode: true, ipam: { Name: '', type: 'host-local', subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: join(sb.dir, 'ipam') } };
+}
+function fwConf(uuid: string, extra: Record<string, unknown>) {
+  return {
+    cniVersion: '0.4.0', name: 'aosnet', type: 'aos-firewall', uuid, iptablesAdminChainName: `INSTANCE_${uuid}`,
+    runtimeStatePath: join(sb.dir, 'aos_chains.conf'), ...extra,
+  };
+}
+
+function addInstance(key: string, uuid: string, net: [string, string, string], fw: Record<string, unknown>) {
+  const c = sb.container();
+  const call = { command: 'ADD', containerId: uuid, netns: c.path, args: `IgnoreUnknown=1;K8S_POD_NAME=${uuid}` };
+  const br = sb.plugin(BRIDGE, call, bridgeConf(...net));
+  expect(br.code, br.stdout + br.stderr).toBe(0);
+  const conf = fwConf(uuid, fw);
+  const r = sb.plugin(FW, call, { ...conf, prevResult: br.json });
+  expect(r.code, r.stdout + r.stderr).toBe(0);
+  expect(r.json).toEqual(br.json); // prevResult passed through
+  inst[key] = { ns: c.name, path: c.path, ip: br.json.ips[0].address.split('/')[0], conf, prev: br.json };
+}
+
+beforeAll(async () => {
+  sb = new Sandbox('aosfw');
+  net = new Traffic(sb.dir);
+  W = sb.container().name;
+  must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'wan0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', W]);
+  must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'wan0']);
+  must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'wan0', 'up']);
+  must(['ip', 'netns', 'exec', sb.host, 'ip', 'route', 'add', 'default', 'via', '203.0.113.2']);
+  must(['ip', 'netns', 'exec', W, 'ip', 'addr', 'add', '203.0.113.2/24', 'dev', 'eth0']);
+  must(['ip', 'netns', 'exec', W, 'ip', 'link', 'set', 'eth0', 'up']);
+  must(['ip', 'netns', 'exec', W, 'ip', 'link', 'set', 'lo', 'up']);
+  must(['ip', 'netns', 'exec', W, 'ip', 'route', 'add', '10.61.0.0/16', 'via', '203.0.113.1']);
+  addInstance('I1', '11111111-1111-4111-8111-111111111111', ['aa', 'br-aa', '10.61.1.0/24'], {
+    allowPublicConnections: true,
+    inputAccess: [{ port: '8080', protocol: 'tcp' }, { port: '9090', protocol: 'udp' }],
+    outputAccess: [{ dstIp: '10.61.2.2', dstPort: '7070', proto: 'tcp', srcIp: '10.61.1.2' }],
+  });
+  addInstance('I2', '22222222-2222-4222-8222-222222222222', ['aa', 'br-aa', '10.61.1.0/24'], { allowPublicConnections: false });
+  addInstance('I3', '33333333-3333-4333-8333-333333333333', ['bb', 'br-bb', '10.61.2.0/24'], { allowPublicConnections: false });
+  await net.serve(W, [80], [53]);
+  await net.serve(inst.I1.ns, [8080, 8081], [9090, 9091]);
+  await net.serve(inst.I2.ns, [5000]);
+  await net.serve(inst.I3.ns, [7070, 7071]);
+  await net.serve(sb.host, [6000]);
+}, 180_000);
+
+afterAll(() => {
+  net?.stop();
+  sb?.cleanup();
+});
+
+describe('aos-firewall: the traffic matrix', () => {
+  it('instance → WAN only with allowPublicConnections', () => {
+    expect(inst.I1.ip).toBe('10.61.1.2');
+    expect(net.reach(inst.I1.ns, '203.0.113.2', 80)).toBe(true);
+    expect(net.reach(inst.I1.ns, '203.0.113.2', 53, 'udp')).toBe(true);
+    expect(net.reach(inst.I2.ns, '203.0.113.2', 80)).toBe(false);
+    expect(net.reach(inst.I2.ns, '203.0.113.2', 53, 'udp')).toBe(false);
+  });
+
+  it('WAN → instance: inputAccess ports open, every other port dropped', () => {
+    expect(net.reach(W, inst.I1.ip, 8080)).toBe(true);
+    expect(net.reach(W, inst.I1.ip, 8081)).toBe(false);
+    expect(net.reach(W, inst.I1.ip, 9090, 'udp')).toBe(true);
+    expect(net.reach(W, inst.I1.ip, 9091, 'udp')).toBe(false);
+    expect(net.reach(W, inst.I2.ip, 5000)).toBe(false);
+  });
+
+  it('instance → instance on another network only for an outputAccess pair (and its replies)', () => {
+    expect(net.reach(inst.I1.ns, inst.I3.ip, 7070)).toBe(true); // the reply came back too
+    expect(net.reach(inst.I1.ns, inst.I3.ip, 7071)).toBe(false);
+    expect(net.reach(inst.I2.ns, inst.I3.ip, 7070)).toBe(false);
+    expect(net.reach(inst.I3.ns, inst.I1.ip, 8081)).toBe(false);
+  });
+
+  it('ICMP out of an instance is dropped (a public one may still ping the WAN)', () => {
+    expect(net.ping(inst.I1.ns, inst.I3.ip)).toBe(false);
+    expect(net.ping(inst.I2.ns, '203.0.113.2')).toBe(false);
+    expect(net.ping(inst.I3.ns, inst.I1.ip)).toBe(false);
+    expect(net.ping(inst.I1.ns, '203.0.113.2')).toBe(true);
+  });
+
+  it('host ↔ instance is always allowed', () => {
+    expect(net.reach(sb.host, inst.I2.ip, 5000)).toBe(true);
+    expect(net.reach(sb.host, inst.I1.ip, 8081)).toBe(true);
+    expect(net.reach(inst.I2.ns, '10.61.1.1', 6000)).toBe(true);
+    expect(net.reach(inst.I3.ns, '10.61.2.1', 6000)).toBe(true);
+  });
+});
+
+describe('aos-firewall: lifecycle', () => {
+  const run = (key: string, command: string, withPrev = true) =>
+    sb.plugin(FW, { command, containerId: 'x', netns: inst[key].path }, withPrev ? { ...inst[key].conf, prevResult: inst[key].prev } : inst[key].conf);
+  const filter = () => sb.inHost(['iptables-save', '-t', 'filter']).stdout.replace(/^#.*\n/gm, '');
+
+  it('uses the Aos chain names and state file', () => {
+    const state = JSON.parse(readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8'));
+    expect(Object.keys(state).sort()).toEqual(Object.values(inst).map((i) => i.conf.uuid).sort());
+    const e = state['11111111-1111-4111-8111-111111111111'];
+    expect(e).toMatchObject({ address: { IP: '10.61.1.2', Mask: '////AA==' }, gateway: '10.61.1.1', gatewayPrefixLen: '24', publicInterface: 'wan0', inputPortsTCP: ['8080'], inputPortsUDP: ['9090'], hasInternetConnection: true });
+    expect(filter()).toContain(`-A AOS-FORWARD-PORT -d 10.61.1.2/32 -m conntrack --ctstate NEW -j ${e.name}`);
+    expect(filter().split('\n').filter((l) => l.startsWith('-A FORWARD'))).toEqual(['-A FORWARD -j AOS-FORWARD', '-A FORWARD -j AOS-FORWARD-PORT', '-A FORWARD -j AOS-OUTPUT']);
+  });
+
+  it('a re-ADD changes nothing (no duplicate rules)', () => {
+    const before = filter();
+    expect(run('I2', 'ADD').code).toBe(0);
+    expect(filter()).toBe(before);
+  });
+
+  it('CHECK passes, and fails once any rule is removed by hand', () => {
+    expect(run('I1', 'CHECK').code).toBe(0);
+    must(['ip', 'netns', 'exec', sb.host, 'iptables', '-D', 'AOS-FORWARD', '-s', '10.61.1.2/32', '-d', '10.61.1.0/24', '-j', 'ACCEPT']);
+    const r = run('I1', 'CHECK');
+    expect(r.json).toMatchObject({ code: 115, details: '-A AOS-FORWARD -s 10.61.1.2/32 -d 10.61.1.0/24 -j ACCEPT' });
+    expect(run('I1', 'ADD').code).toBe(0); // ADD again repairs it
+    expect(run('I1', 'CHECK').code).toBe(0);
+  });
+
+  it('DEL by uuid without prevResult removes everything of that instance only; twice is fine', () => {
+    const i3 = inst.I3;
+    const chain = JSON.parse(readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8'))[i3.conf.uuid as string].name;
+    expect(run('I3', 'DEL', false).code).toBe(0);
+    expect(run('I3', 'DEL', false).code).toBe(0);
+    expect(filter()).not.toContain(chain);
+    expect(filter()).not.toContain(`${i3.ip}/32 -j`);
+    expect(JSON.parse(readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8'))).not.toHaveProperty(i3.conf.uuid as string);
+    expect(run('I1', 'CHECK').code).toBe(0); // the others are untouched
+    expect(run('I2', 'CHECK').code).toBe(0);
+    expect(run('I3', 'CHECK').json.code).toBe(115);
+  });
+
+  it('understands what the original plugin left: its rule forms and its state entry', () => {
+    // An entry and rules as the original writes them (bare WAN accept, reply without state, input from 0.0.0.0/P).
+    const uuid = '44444444-4444-4444-8444-444444444444';
+    const chain = 'CNI-legacy0000000000000000000';
+    const file = join(sb.dir, 'aos_chains.conf');
+    const state = JSON.parse(readFileSync(file, 'utf8'));
+    state[uuid] = {
+      name: chain.slice(0, 28), containerID: uuid, address: { IP: '10.61.1.77', Mask: '////AA==' }, gateway: '10.61.1.1', gatewayPrefixLen: '24',
+      publicInterface: 'wan0', outRules: [{ dstIp: '10.61.2.9', dstPort: '80,81', proto: 'tcp', srcIp: '10.61.1.77' }], inputPortsUDP: null, inputPortsTCP: ['22'], hasInternetConnection: true,
+    };
+    writeFileSync(file, JSON.stringify(state, null, ' '));
+    const c = chain.slice(0, 28);
+    const rules = [
+      `-N ${c}`,
+      `-A AOS-FORWARD-PORT -d 10.61.1.77/32 -m conntrack --ctstate NEW -j ${c}`,
+      '-A AOS-OUTPUT -s 10.61.1.77/32 -p icmp -j DROP',
+      '-A AOS-FORWARD -s 10.61.1.77/32 -o wan0 -j ACCEPT',
+      '-A AOS-FORWARD -d 10.61.1.77/32 -i wan0 -j ACCEPT',
+      '-A AOS-FORWARD -s 10.61.1.77/32 -d 10.61.2.9/32 -p tcp -m tcp -m multiport --dports 80,81 -j ACCEPT',
+      '-A AOS-FORWARD -s 10.61.2.9/32 -d 10.61.1.77/32 -j ACCEPT',
+      '-A AOS-FORWARD -s 10.61.1.77/32 -d 10.61.1.1/24 -j ACCEPT',
+      '-A AOS-FORWARD -s 10.61.1.1/24 -d 10.61.1.77/32 -j ACCEPT',
+      `-A ${c} -s 0.0.0.0/24 -p tcp -m tcp --dport 22 -j RETURN`,
+      `-A ${c} -p tcp -m tcp -j DROP`,
+    ];
+    must(['ip', 'netns', 'exec', sb.host, 'iptables-restore', '--noflush'], `*filter\n${rules.join('\n')}\nCOMMIT\n`);
+    const before = filter();
+    expect(before).toContain('-d 10.61.1.77/32 -i wan0 -j ACCEPT');
+    const del = sb.plugin(FW, { command: 'DEL', containerId: uuid }, fwConf(uuid, {}));
+    expect(del.code, del.stdout).toBe(0);
+    expect(filter()).not.toContain('10.61.1.77');
+    expect(filter()).not.toContain(c);
+    expect(run('I1', 'CHECK').code).toBe(0);
+  });
+});
