@@ -22,7 +22,9 @@ describe('conf.d examples', () => {
       const c = sb.container();
       const call = (command: string, plugin: Record<string, unknown>, prevResult?: unknown) => {
         const conf: Record<string, unknown> = { ...plugin, cniVersion: list.cniVersion, name: list.name, ...(prevResult ? { prevResult } : {}) };
+        // State goes into the test's temp dir, never the machine's.
         if (conf.ipam) conf.ipam = { ...(conf.ipam as object), dataDir: join(sb.dir, 'ipam') };
+        if (conf.type === 'aos-firewall') conf.runtimeStatePath = join(sb.dir, 'aos_chains.conf');
         return sb.plugin(join(BIN, plugin.type as string), { command, containerId: 'example', netns: c.path }, conf);
       };
       let result: any;
@@ -38,6 +40,8 @@ describe('conf.d examples', () => {
       for (const p of list.plugins) expect(call('CHECK', p, result).code).toBe(0);
       for (const p of [...list.plugins].reverse()) expect(call('DEL', p, result).code).toBe(0);
       expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).not.toContain(':CNI-');
+      const filter = sb.inHost(['iptables-save', '-t', 'filter']).stdout;
+      for (const ip of result.ips) expect(filter).not.toContain(`${ip.address.split('/')[0]}/`);
       expect(sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim()).toBe('');
     });
   }

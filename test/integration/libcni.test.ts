@@ -59,17 +59,21 @@ describe('a conflist through libcni', () => {
     expect(existsSync(join(sb.dir, 'cache', 'results')) ? readdirSync(join(sb.dir, 'cache', 'results')) : []).toEqual([]);
   });
 
-  it('the example conf.d/10-bridge.conflist works through libcni', () => {
-    mkdirSync(join(sb.dir, 'net.d'));
-    const list = JSON.parse(readFileSync(join(ROOT, 'conf.d/10-bridge.conflist'), 'utf8'));
-    list.plugins[0].ipam.dataDir = join(sb.dir, 'ipam');
-    writeFileSync(join(sb.dir, 'net.d', '10-bridge.conflist'), JSON.stringify(list));
-    const c = sb.container();
-    const add = cnitool(['add', list.name, c.path], {});
-    expect(add.code, add.stderr).toBe(0);
-    expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '2', '10.88.0.1']).code).toBe(0);
-    expect(cnitool(['check', list.name, c.path], {}).code).toBe(0);
-    expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
-    expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
-  });
+  for (const file of ['10-bridge.conflist', '30-podman-style.conflist']) {
+    it(`the example conf.d/${file} works through libcni`, () => {
+      mkdirSync(join(sb.dir, 'net.d'));
+      const list = JSON.parse(readFileSync(join(ROOT, 'conf.d', file), 'utf8'));
+      list.plugins[0].ipam.dataDir = join(sb.dir, 'ipam');
+      writeFileSync(join(sb.dir, 'net.d', file), JSON.stringify(list));
+      const c = sb.container();
+      const add = cnitool(['add', list.name, c.path], {});
+      expect(add.code, add.stderr).toBe(0);
+      const gw = JSON.parse(add.stdout).ips[0].gateway;
+      expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '2', gw]).code).toBe(0);
+      expect(cnitool(['check', list.name, c.path], {}).code).toBe(0);
+      expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
+      expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
+      expect(sb.inHost(['iptables-save']).stdout).not.toMatch(/-[sd] 10\.88\./);
+    });
+  }
 });

@@ -15,7 +15,7 @@ describe('iptables-save parsing', () => {
   it('reads chains and rules, with quoted comments and counters', () => {
     const nat = parseSave(text).get('nat')!;
     expect([...nat.chains.keys()]).toEqual(['POSTROUTING', 'CNI-abc']);
-    expect(nat.rules[0]).toEqual({ chain: 'POSTROUTING', spec: ['-s', '10.0.0.2/32', '-m', 'comment', '--comment', 'name: "net" id: "c1"', '-j', 'CNI-abc'] });
+    expect(nat.rules[0]).toEqual({ chain: 'POSTROUTING', spec: ['-s', '10.0.0.2/32', '-m', 'comment', '--comment', 'name: "net" id: "c1"', '-j', 'CNI-abc'], counters: { packets: 5n, bytes: 300n } });
     expect(nat.rules[1].spec).toEqual(['!', '-d', '224.0.0.0/4', '-j', 'MASQUERADE']);
   });
   it('quotes arguments so restore reads back what save wrote', () => {
