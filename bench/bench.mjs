@@ -76,6 +76,61 @@ try {
     row(`bridge + host-local ADD (${tag})`, median(add.ours), median(add.ref));
     row(`bridge + host-local DEL (${tag})`, median(del.ours), median(del.ref));
   }
+  // firewall: the reference plugin against ours, ADD then DEL of one
+  // container's rules, interleaved; then ours again with 200 containers'
+  // rules already in the table (lookups must not grow with the ruleset
+  // beyond the one iptables-save read), and aos-firewall the same way.
+  const nodeStart = median(results.nodeStart);
+  const fwEnv = (id) => ({ CNI_CONTAINERID: id, CNI_NETNS: `/var/run/netns/${H}`, CNI_IFNAME: 'eth0', CNI_PATH: OURS });
+  const fwConf = (i, k) => JSON.stringify({ cniVersion: '1.0.0', name: 'fwbench', type: 'firewall', backend: 'iptables', prevResult: { cniVersion: '1.0.0', ips: [{ address: `10.${210 + k}.${i >> 8}.${(i & 255) + 1}/16` }] } });
+  const fwRound = (dir, i, k, into) => {
+    into.add.push(timed(nsenter([join(dir, 'firewall')]), { ...fwEnv(`fw${k}-${i}`), CNI_COMMAND: 'ADD' }, fwConf(i, k)));
+    into.del.push(timed(nsenter([join(dir, 'firewall')]), { ...fwEnv(`fw${k}-${i}`), CNI_COMMAND: 'DEL' }, fwConf(i, k)));
+  };
+  const fw = { ours: { add: [], del: [] }, ref: { add: [], del: [] } };
+  for (let i = 0; i < RUNS; i++) {
+    for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) fwRound(who === 'ours' ? OURS : REF, i, who === 'ours' ? 0 : 1, fw[who]);
+  }
+  // 200 containers' reference-layout rules, in one restore.
+  const preRules = ['*filter'];
+  for (let i = 0; i < 200; i++) {
+    const ip = `10.220.${i >> 8}.${(i & 255) + 1}/32`;
+    preRules.push(`-A CNI-FORWARD -d ${ip} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`, `-A CNI-FORWARD -s ${ip} -j ACCEPT`);
+  }
+  preRules.push('COMMIT', '');
+  const pre = spawnSync('nsenter', [`--net=/var/run/netns/${H}`, 'iptables-restore', '--noflush'], { input: preRules.join('\n') });
+  if (pre.status !== 0) throw new Error(`prepopulating failed: ${pre.stderr}`);
+  const fw200 = { add: [], del: [] };
+  for (let i = 0; i < RUNS; i++) fwRound(OURS, i, 2, fw200);
+  const minusNode = (x) => `ours − bare Node start: ${(x - nodeStart).toFixed(1)} ms`;
+  row('firewall ADD', median(fw.ours.add), median(fw.ref.add), minusNode(median(fw.ours.add)));
+  row('firewall DEL', median(fw.ours.del), median(fw.ref.del), minusNode(median(fw.ours.del)));
+  row('firewall ADD, 200 containers present', median(fw200.add), median(fw.ref.add), minusNode(median(fw200.add)));
+  row('firewall DEL, 200 containers present', median(fw200.del), median(fw.ref.del), minusNode(median(fw200.del)));
+
+  // aos-firewall has no reference; its cost with 0 and with 200 instances present.
+  ip('netns', 'exec', H, 'ip', 'link', 'add', 'br-bench', 'type', 'bridge');
+  ip('netns', 'exec', H, 'ip', 'addr', 'add', '10.230.0.1/16', 'dev', 'br-bench');
+  const aosConf = (i) => JSON.stringify({
+    cniVersion: '0.4.0', name: 'aosbench', type: 'aos-firewall', uuid: `u${i}`, iptablesAdminChainName: `INSTANCE_u${i}`,
+    runtimeStatePath: join(tmp, 'aos_chains.conf'), inputAccess: [{ port: '8080' }],
+    prevResult: { cniVersion: '0.4.0', ips: [{ version: '4', address: `10.230.${i >> 8}.${(i & 255) + 2}/16`, gateway: '10.230.0.1' }] },
+  });
+  const aosRun = (cmd, i) => timed(nsenter([join(OURS, 'aos-firewall')]), { ...fwEnv(`u${i}`), CNI_COMMAND: cmd }, aosConf(i));
+  const aos0 = { add: [], del: [] };
+  for (let i = 0; i < RUNS; i++) {
+    aos0.add.push(aosRun('ADD', 1000 + i));
+    aos0.del.push(aosRun('DEL', 1000 + i));
+  }
+  for (let i = 0; i < 200; i++) aosRun('ADD', i);
+  const aos200 = { add: [], del: [] };
+  for (let i = 0; i < RUNS; i++) {
+    aos200.add.push(aosRun('ADD', 2000 + i));
+    aos200.del.push(aosRun('DEL', 2000 + i));
+  }
+  row('aos-firewall ADD (no reference)', median(aos0.add), NaN, `with 200 instances present: ${median(aos200.add).toFixed(1)} ms`);
+  row('aos-firewall DEL (no reference)', median(aos0.del), NaN, `with 200 instances present: ${median(aos200.del).toFixed(1)} ms`);
+
   rows.unshift(
     { name: 'VERSION (bridge)', ours: median(results.ourVersion), ref: median(results.refVersion), note: `bare \`node -e 0\` of the embedded Node: ${median(results.nodeStart).toFixed(1)} ms → ours is ${(median(results.ourVersion) / median(results.nodeStart)).toFixed(2)}× bare Node` },
   );
@@ -83,7 +138,7 @@ try {
   const lines = [
     `| operation | cni-ts (ms) | reference (ms) | ratio ours/ref | note |`,
     `|---|---:|---:|---:|---|`,
-    ...rows.map((r) => `| ${r.name} | ${fmt(r.ours)} | ${fmt(r.ref)} | ${(r.ours / r.ref).toFixed(2)} | ${r.note} |`),
+    ...rows.map((r) => `| ${r.name} | ${fmt(r.ours)} | ${Number.isNaN(r.ref) ? '—' : fmt(r.ref)} | ${Number.isNaN(r.ref) ? '—' : (r.ours / r.ref).toFixed(2)} | ${r.note} |`),
   ];
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, kernel ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${RUNS} runs each, medians; ADD/DEL timed through \`nsenter --net\` (its own cost: ${fmt(median(results.nsenter))} ms, included in both columns)`;
   const table = lines.join('\n');

@@ -1,5 +1,6 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
+import { trace } from '../cni/trace.js';
 
 /**
  * iptables as data: a rule is (table, chain, argv). Changes are batched into
@@ -24,6 +25,7 @@ export interface TableState {
 
 /** Splits one iptables-save line into argv, honouring its double quotes. */
 export function splitRuleLine(line: string): string[] {
+  if (!line.includes('"')) return line.split(' ').filter((w) => w !== ''); // the common case, fast
   const out: string[] = [];
   let cur = '';
   let inWord = false;
@@ -196,20 +198,29 @@ const ruleKey = (r: Rule) => `${r.chain}\0${r.spec.join('\0')}`;
 export class TablePlan {
   readonly batch: Batch;
   private readonly rules: Rule[];
+  /** rule key → how many copies are in the table, for O(1) lookups on big rulesets. */
+  private readonly index = new Map<string, number>();
   private readonly chains: Set<string>;
 
   constructor(readonly table: string, state: TableState) {
     this.batch = new Batch(table);
     this.rules = state.rules.map((r) => ({ chain: r.chain, spec: r.spec }));
+    for (const r of this.rules) this.count(r, 1);
     this.chains = new Set(state.chains.keys());
+  }
+
+  private count(r: Rule, delta: number): void {
+    const k = ruleKey(r);
+    const n = (this.index.get(k) ?? 0) + delta;
+    if (n > 0) this.index.set(k, n);
+    else this.index.delete(k);
   }
 
   hasChain(name: string): boolean {
     return this.chains.has(name);
   }
   has(rule: Rule): boolean {
-    const k = ruleKey(rule);
-    return this.rules.some((r) => ruleKey(r) === k);
+    return this.index.has(ruleKey(rule));
   }
   rulesOf(chain: string): Rule[] {
     return this.rules.filter((r) => r.chain === chain);
@@ -217,8 +228,8 @@ export class TablePlan {
   /** Every rule anywhere in the table that jumps (or goes) to `chain`. */
   jumpsTo(chain: string): Rule[] {
     return this.rules.filter((r) => {
-      const i = r.spec.findIndex((a, idx) => (a === '-j' || a === '-g') && r.spec[idx + 1] === chain);
-      return i >= 0;
+      const i = r.spec.length - 2;
+      return i >= 0 && (r.spec[i] === '-j' || r.spec[i] === '-g') && r.spec[i + 1] === chain;
     });
   }
   ensureChain(name: string): this {
@@ -232,6 +243,7 @@ export class TablePlan {
     if (!this.has(rule)) {
       this.batch.append(rule);
       this.rules.push(rule);
+      this.count(rule, 1);
     }
     return this;
   }
@@ -240,24 +252,31 @@ export class TablePlan {
     if (!this.has(rule)) {
       this.batch.insert(rule, 1);
       this.rules.unshift(rule);
+      this.count(rule, 1);
     }
     return this;
   }
   /** Deletes every copy of the rule; absent is fine. */
   delete(rule: Rule): this {
     const k = ruleKey(rule);
-    for (let i = this.rules.length - 1; i >= 0; i--) {
-      if (ruleKey(this.rules[i]) === k) {
-        this.batch.delete(rule);
-        this.rules.splice(i, 1);
-      }
-    }
+    const n = this.index.get(k) ?? 0;
+    if (n === 0) return this;
+    for (let i = 0; i < n; i++) this.batch.delete(rule);
+    this.index.delete(k);
+    for (let i = this.rules.length - 1; i >= 0; i--) if (this.rules[i].chain === rule.chain && ruleKey(this.rules[i]) === k) this.rules.splice(i, 1);
     return this;
   }
   flushChain(name: string): this {
     if (!this.chains.has(name)) return this;
-    if (this.rulesOf(name).length) this.batch.flushChain(name);
-    for (let i = this.rules.length - 1; i >= 0; i--) if (this.rules[i].chain === name) this.rules.splice(i, 1);
+    let any = false;
+    for (let i = this.rules.length - 1; i >= 0; i--) {
+      if (this.rules[i].chain === name) {
+        this.count(this.rules[i], -1);
+        this.rules.splice(i, 1);
+        any = true;
+      }
+    }
+    if (any) this.batch.flushChain(name);
     return this;
   }
   /** Removes a chain, its rules and every jump to it. */
@@ -308,10 +327,15 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
 export async function transaction<T>(family: IpFamily, table: string, plan: (p: TablePlan) => T, opts: { counters?: boolean } = {}): Promise<T> {
   return withIptablesLock(async () => {
     for (let attempt = 0; ; attempt++) {
-      const p = new TablePlan(table, await save(family, table, opts));
+      trace('iptables lock held');
+      const state = await save(family, table, opts);
+      trace(`iptables-save: ${state.rules.length} rules`);
+      const p = new TablePlan(table, state);
       const out = plan(p);
+      trace('planned');
       try {
         await apply(family, [p.batch]);
+        trace('iptables-restore done');
         return out;
       } catch (err) {
         if (attempt >= 2) throw err;
