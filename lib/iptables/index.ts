@@ -1,6 +1,9 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
 import { trace } from '../cni/trace.js';
+import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { sys } from '../netlink/ns.js';
 
 /**
  * iptables as data: a rule is (table, chain, argv). Changes are batched into
@@ -299,13 +302,13 @@ export class TablePlan {
  * whole restore, which is then planned again).
  */
 export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
-  const { closeSync, mkdirSync, openSync, statSync } = await import('node:fs');
-  const { sys } = await import('../netlink/ns.js');
-  const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${(await import('node:os')).tmpdir()}/cni-ts-${process.getuid?.()}`;
+  trace('lock: start');
+  const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${tmpdir()}/cni-ts-${process.getuid?.()}`;
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const ino = statSync('/proc/thread-self/ns/net').ino;
   const fd = openSync(`${dir}/iptables-${ino}.lock`, 'a', 0o600);
   try {
+    trace('lock: file open');
     const deadline = Date.now() + 60_000;
     let wait = 1;
     while (!sys().flock(fd, true, false)) {

@@ -1,6 +1,6 @@
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { save, transaction, type IpFamily } from '../../lib/iptables/index.js';
+import { apply, Batch, save, transaction, type IpFamily } from '../../lib/iptables/index.js';
 import { which } from '../../lib/exec/index.js';
 import { firewallConfig, type FirewallConfig } from './config.js';
 import { addressRules, adminJump, DEFAULT_ADMIN_CHAIN, expectedIsolation, forwardJump, planBase, planIsolation, PRIV_CHAIN } from './rules.js';
@@ -68,8 +68,19 @@ export default definePlugin({
     for (const fam of [4, 6] as const) {
       const ips = (ctx.prevResult?.ips ?? []).filter((ip) => familyOf(ip.address) === fam);
       if (ips.length === 0) continue;
+      const rules = ips.flatMap((ip) => addressRules(ipOf(ip.address)));
+      // Fast path, one exec: delete exactly these rules. If one is missing
+      // the whole restore fails and changes nothing; then read and re-plan.
+      try {
+        const batch = new Batch('filter');
+        for (const r of rules) batch.delete(r);
+        await apply(fam, [batch]);
+        continue;
+      } catch {
+        // fall through
+      }
       await transaction(fam, 'filter', (p) => {
-        for (const ip of ips) for (const r of addressRules(ipOf(ip.address))) p.delete(r);
+        for (const r of rules) p.delete(r);
       });
     }
   },
