@@ -23,6 +23,8 @@ export const ErrorCode = {
   DelegateFailed: 114,
   /** CHECK found the container's state different from prevResult. */
   CheckFailed: 115,
+  /** A DNS name or alias is already taken by another container on the network. */
+  NameTaken: 116,
   /** Anything unexpected; the Go reference uses the same number. */
   Internal: 999,
 } as const;

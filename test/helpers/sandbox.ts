@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -121,7 +121,29 @@ export class Sandbox {
     ].join('\n');
   }
 
+  /** Processes whose command line mentions this sandbox's temp dir (daemons a plugin started). */
+  strays(): number[] {
+    const out: number[] = [];
+    for (const name of readdirSync('/proc')) {
+      const pid = Number(name);
+      if (!Number.isInteger(pid) || pid === process.pid) continue;
+      try {
+        if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(this.dir)) out.push(pid);
+      } catch {
+        // gone
+      }
+    }
+    return out;
+  }
+
   cleanup(): void {
+    for (const pid of this.strays()) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
     for (const c of this.containers) sh(['ip', 'netns', 'del', c]);
     this.containers = [];
     sh(['ip', 'netns', 'del', this.host]);

@@ -70,3 +70,18 @@ export class Traffic {
     this.servers = [];
   }
 }
+
+const RESOLVE = `
+const { Resolver } = require('dns').promises;
+const r = new Resolver({ timeout: 1000, tries: 2 });
+r.setServers([process.argv[2]]);
+r.resolve4(process.argv[3]).then((a) => process.stdout.write(a.sort().join(',')), (e) => process.stdout.write(e.code || 'ERROR'));
+`;
+
+/** Resolves `name` (A records) against `server` from inside `ns`: the addresses, or the error code (ENOTFOUND = NXDOMAIN). */
+export function resolve(dir: string, ns: string, server: string, name: string): string {
+  const file = join(dir, 'resolve.cjs');
+  writeFileSync(file, RESOLVE);
+  const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, file, server, name], { encoding: 'utf8' });
+  return r.stdout;
+}

@@ -25,7 +25,9 @@ describe('conf.d examples', () => {
         // State goes into the test's temp dir, never the machine's.
         if (conf.ipam) conf.ipam = { ...(conf.ipam as object), dataDir: join(sb.dir, 'ipam') };
         if (conf.type === 'aos-firewall') conf.runtimeStatePath = join(sb.dir, 'aos_chains.conf');
-        return sb.plugin(join(BIN, plugin.type as string), { command, containerId: 'example', netns: c.path }, conf);
+        // As the Aos service manager and podman call them: the name in CNI_ARGS, runtime files in a temp dir.
+        const env = { XDG_RUNTIME_DIR: join(sb.dir, 'xdg') };
+        return sb.plugin(join(BIN, plugin.type as string), { command, containerId: 'example', netns: c.path, args: 'IgnoreUnknown=1;K8S_POD_NAME=example', env }, conf);
       };
       let result: any;
       for (const p of list.plugins) {
@@ -42,6 +44,8 @@ describe('conf.d examples', () => {
       expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).not.toContain(':CNI-');
       const filter = sb.inHost(['iptables-save', '-t', 'filter']).stdout;
       for (const ip of result.ips) expect(filter).not.toContain(`${ip.address.split('/')[0]}/`);
+      expect(filter).not.toContain('--dport 53');
+      expect(sb.strays()).toEqual([]); // no dnsmasq left running
       expect(sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim()).toBe('');
     });
   }

@@ -1,0 +1,15 @@
+import { z } from 'zod';
+import { netConf, obj } from '../../lib/cni/schema.js';
+import { isIP } from '../../lib/ip/index.js';
+
+/** DNS names: dot-separated labels of letters, digits, '-' and '_' (no spaces, newlines, '/'). */
+export const DNS_NAME = /^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$/;
+export const dnsName = z.string().regex(DNS_NAME, 'not a valid DNS name (letters, digits, - and _ in dot-separated labels)');
+
+export const dnsnameConfig = netConf({
+  domainName: dnsName.default('dns.podman'),
+  multiDomain: z.boolean().default(false),
+  remoteServers: z.array(z.string().refine(isIP, 'must be an IP address')).default([]),
+  runtimeConfig: obj({ aliases: z.record(z.string(), z.array(dnsName)).optional() }).optional(),
+});
+export type DnsnameConfig = z.output<typeof dnsnameConfig>;

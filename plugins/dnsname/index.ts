@@ -1,0 +1,196 @@
+import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
+import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+import type { Result } from '../../lib/cni/result.js';
+import { save, transaction, type IpFamily, type TablePlan } from '../../lib/iptables/index.js';
+import { rule } from '../../lib/iptables/rule.js';
+import { canonicalIP } from '../../lib/ip/index.js';
+import { which } from '../../lib/exec/index.js';
+import { DNS_NAME, dnsnameConfig, type DnsnameConfig } from './config.js';
+import { readFileSync } from 'node:fs';
+import { Tree, type Entry, type NetworkState } from './files.js';
+import { dnsmasqBinary, findDnsmasq, reload, startDnsmasq, stop, waitForAnswer, waitForGone } from './dnsmasq.js';
+
+/**
+ * dnsname: one dnsmasq per network, bound to the bridge, answering the
+ * names (K8S_POD_NAME and aliases) of the containers on it; with the Aos
+ * extensions multiDomain (networks resolve each other's domains) and
+ * remoteServers (upstreams).
+ */
+type Ctx = PluginContext<DnsnameConfig>;
+const comment = (network: string) => `cni-ts dnsname: ${network}`;
+const familyOf = (ip: string): IpFamily => (ip.includes(':') ? 6 : 4);
+
+function inputRules(s: Pick<NetworkState, 'bridge' | 'network'>) {
+  return (['udp', 'tcp'] as const).map((proto) => rule('INPUT', { in: s.bridge, proto, dport: '53', comment: comment(s.network), jump: 'ACCEPT' }));
+}
+
+/** Removes this network's port-53 rules, found by their comment (works without state). */
+function dropInputRules(p: TablePlan, network: string): void {
+  for (const r of p.rulesOf('INPUT')) if (r.spec.includes(comment(network))) p.delete(r);
+}
+
+interface Attachment {
+  bridge: string;
+  bridgeIP: string;
+  ips: string[];
+  names: string[];
+}
+
+function attachmentOf(ctx: Ctx): Attachment {
+  const prev = ctx.prevResult;
+  if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'dnsname must be chained after bridge: missing prevResult');
+  const bridge = prev.interfaces[0]?.name;
+  if (!bridge) throw new CniError(ErrorCode.InvalidNetworkConfig, 'prevResult has no interfaces: dnsname needs the bridge as the first');
+  const ips = prev.ips.map((ip) => canonicalIP(ip.address.split('/')[0]));
+  if (ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'prevResult has no IP addresses');
+  const gw = prev.ips.find((ip) => ip.gateway && !ip.gateway.includes(':'))?.gateway ?? prev.ips.find((ip) => ip.gateway)?.gateway;
+  if (!gw) throw new CniError(ErrorCode.InvalidNetworkConfig, 'prevResult has no gateway: dnsmasq listens on the bridge address');
+  const podName = ctx.args.get('K8S_POD_NAME');
+  if (!podName) throw new CniError(ErrorCode.InvalidEnvironment, 'required CNI_ARGS K8S_POD_NAME missing', 'the container name dnsname publishes');
+  if (!DNS_NAME.test(podName)) throw new CniError(ErrorCode.InvalidEnvironment, 'K8S_POD_NAME is not a valid DNS name', JSON.stringify(podName));
+  const aliases = ctx.config.runtimeConfig?.aliases?.[ctx.config.name] ?? [];
+  const names = [...new Set([podName, ...aliases].map((n) => n.toLowerCase()))];
+  return { bridge, bridgeIP: canonicalIP(gw), ips, names };
+}
+
+const same = (e: Entry, ctx: Ctx) => e.containerID === ctx.env.containerId && e.ifname === ctx.env.ifname;
+
+/** Rewrites the localservers of the other multiDomain networks and reloads their dnsmasq. */
+function syncOthers(tree: Tree, changed: string): void {
+  const all = tree.networks();
+  for (const o of all) {
+    if (o.network === changed || !o.multiDomain) continue;
+    tree.write(o, all);
+    const pid = findDnsmasq(tree.pidPath(o.network), tree.confPath(o.network));
+    if (pid) reload(pid);
+  }
+}
+
+async function teardown(tree: Tree, network: string, families: IpFamily[]): Promise<void> {
+  const pid = findDnsmasq(tree.pidPath(network), tree.confPath(network));
+  if (pid) await stop(pid, tree.confPath(network));
+  tree.remove(network);
+  for (const fam of families) await transaction(fam, 'filter', (p) => dropInputRules(p, network));
+  syncOthers(tree, network);
+}
+
+const allFamilies = (): IpFamily[] => (which('ip6tables-save') ? [4, 6] : [4]);
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.config;
+  const a = attachmentOf(ctx);
+  const tree = new Tree();
+  await tree.locked(async () => {
+    const old = tree.read(cfg.name);
+    const s: NetworkState = {
+      network: cfg.name, domain: cfg.domainName.toLowerCase(), bridge: a.bridge, bridgeIP: a.bridgeIP,
+      multiDomain: cfg.multiDomain, remoteServers: cfg.remoteServers, entries: (old?.entries ?? []).filter((e) => !same(e, ctx)),
+    };
+    for (const e of s.entries) {
+      const clash = e.names.find((n) => a.names.includes(n));
+      if (clash) throw new CniError(ErrorCode.NameTaken, `name "${clash}" is already taken on network ${cfg.name}`, `by container ${e.containerID}`);
+    }
+    s.entries.push({ containerID: ctx.env.containerId, ifname: ctx.env.ifname, ips: a.ips, names: a.names });
+    const firstOnNetwork = !old || old.entries.length === 0;
+    tree.write(s, tree.networks());
+    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
+      for (const r of inputRules(s)) p.insertUnique(r);
+    });
+    const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
+    if (pid) reload(pid);
+    else await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+    if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
+    // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
+    if (!(await waitForAnswer(a.bridgeIP, `${a.names[0]}.${s.domain}`, a.ips.find((ip) => familyOf(ip) === 4) ?? a.ips[0]))) {
+      throw new CniError(ErrorCode.IOFailure, `dnsmasq on ${a.bridgeIP} does not answer for ${a.names[0]}`);
+    }
+  });
+  const prev = ctx.prevResult!;
+  const dedupe = (xs: string[]) => [...new Set(xs)];
+  return {
+    ...prev,
+    dns: {
+      ...prev.dns,
+      nameservers: dedupe([a.bridgeIP, ...(prev.dns.nameservers ?? [])]),
+      search: dedupe([cfg.domainName.toLowerCase(), ...(prev.dns.search ?? [])]),
+    },
+  };
+}
+
+/** Works from state.json alone: no prevResult, no namespace, /run wiped, dnsmasq dead are all fine. */
+async function del(ctx: Ctx): Promise<void> {
+  const tree = new Tree();
+  await tree.locked(async () => {
+    const s = tree.read(ctx.config.name);
+    const mine = s?.entries.filter((e) => same(e, ctx)) ?? [];
+    const rest = s?.entries.filter((e) => !same(e, ctx)) ?? [];
+    if (!s || rest.length === 0) {
+      await teardown(tree, ctx.config.name, s ? [familyOf(s.bridgeIP)] : allFamilies());
+      return;
+    }
+    if (mine.length === 0) return;
+    s.entries = rest;
+    tree.write(s, tree.networks());
+    const pid = findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network));
+    if (pid) reload(pid);
+    else await startDnsmasq(tree.confPath(s.network)); // others still need it
+    for (const e of mine) await waitForGone(s.bridgeIP, `${e.names[0]}.${s.domain}`, e.ips[0]);
+  });
+}
+
+async function check(ctx: Ctx): Promise<void> {
+  const a = attachmentOf(ctx);
+  const tree = new Tree();
+  const fail = (msg: string, details = '') => new CniError(ErrorCode.CheckFailed, msg, details);
+  const s = tree.read(ctx.config.name);
+  if (!s) throw fail(`no dnsname state for network ${ctx.config.name}`);
+  const e = s.entries.find((x) => same(x, ctx));
+  if (!e) throw fail(`container ${ctx.env.containerId} has no names on network ${ctx.config.name}`);
+  if (e.names.join() !== a.names.join() || e.ips.join() !== a.ips.join()) throw fail('the container\'s names or addresses differ from prevResult', `${e.names.join(',')} ${e.ips.join(',')}`);
+  let hosts = '';
+  try {
+    hosts = readFileSync(`${tree.dir(s.network)}/addnhosts`, 'utf8');
+  } catch {
+    throw fail('addnhosts is missing');
+  }
+  for (const ip of e.ips) {
+    if (!hosts.split('\n').includes(`${ip}\t${e.names.join('\t')}`)) throw fail(`addnhosts has no line for ${ip}`);
+  }
+  if (!findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network))) throw fail(`dnsmasq for network ${s.network} is not running`);
+  const filter = await save(familyOf(s.bridgeIP), 'filter');
+  const have = new Set(filter.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
+  for (const r of inputRules(s)) if (!have.has(`${r.chain} ${r.spec.join(' ')}`)) throw fail('port 53 accept rule missing', `-A ${r.chain} ${r.spec.join(' ')}`);
+}
+
+async function gc(ctx: Ctx): Promise<void> {
+  const valid = new Set(ctx.validAttachments.map((v) => `${v.containerID}\n${v.ifname}`));
+  const tree = new Tree();
+  await tree.locked(async () => {
+    const s = tree.read(ctx.config.name);
+    if (!s) return;
+    const keep = s.entries.filter((e) => valid.has(`${e.containerID}\n${e.ifname}`));
+    if (keep.length === s.entries.length) return;
+    if (keep.length === 0) {
+      await teardown(tree, s.network, [familyOf(s.bridgeIP)]);
+      return;
+    }
+    s.entries = keep;
+    tree.write(s, tree.networks());
+    const pid = findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network));
+    if (pid) reload(pid);
+  });
+}
+
+export default definePlugin({
+  name: 'dnsname',
+  schema: dnsnameConfig,
+  knownArgs: ['K8S_POD_NAME', 'K8S_POD_NAMESPACE', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID'],
+  add,
+  del,
+  check,
+  gc,
+  async status() {
+    if (!dnsmasqBinary()) throw new CniError(ErrorCode.NotAvailable, 'dnsmasq not found', 'install dnsmasq-base');
+  },
+});
+

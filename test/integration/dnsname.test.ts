@@ -1,0 +1,194 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BIN, Sandbox } from '../helpers/sandbox.js';
+import { resolve } from '../helpers/traffic.js';
+
+const BRIDGE = join(BIN, 'bridge');
+const DNSNAME = join(BIN, 'dnsname');
+let sb: Sandbox;
+let xdg: string;
+beforeEach(() => {
+  sb = new Sandbox('dns');
+  xdg = join(sb.dir, 'xdg');
+});
+afterEach(() => sb.cleanup());
+
+interface Net {
+  name: string;
+  bridge: string;
+  subnet: string;
+  domain: string;
+  multiDomain?: boolean;
+}
+const NET_A: Net = { name: 'neta', bridge: 'dnsa0', subnet: '10.71.1.0/24', domain: 'a.lan' };
+const NET_B: Net = { name: 'netb', bridge: 'dnsb0', subnet: '10.71.2.0/24', domain: 'b.lan' };
+
+const netDir = (net: Net) => join(xdg, 'containers/cni/dnsname', net.name);
+const ourDnsmasq = () => sb.strays().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('/usr/sbin/dnsmasq'));
+
+function dnsConf(net: Net, aliases: string[], prevResult?: unknown, extra: Record<string, unknown> = {}) {
+  return {
+    cniVersion: '1.0.0', name: net.name, type: 'dnsname', domainName: net.domain, multiDomain: net.multiDomain ?? false,
+    capabilities: { aliases: true }, runtimeConfig: { aliases: { [net.name]: aliases } }, ...(prevResult ? { prevResult } : {}), ...extra,
+  };
+}
+const call = (command: string, id: string, path: string, name: string) => ({ command, containerId: id, netns: path, args: `IgnoreUnknown=1;K8S_POD_NAME=${name}`, env: { XDG_RUNTIME_DIR: xdg } });
+
+/** bridge then dnsname, as a runtime chains them. */
+function addInstance(net: Net, id: string, name: string, aliases: string[] = []) {
+  const c = sb.container();
+  const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: id, netns: c.path }, {
+    cniVersion: '1.0.0', name: net.name, type: 'bridge', bridge: net.bridge, isGateway: true,
+    ipam: { type: 'host-local', subnet: net.subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: join(sb.dir, 'ipam') },
+  });
+  expect(b.code, b.stdout + b.stderr).toBe(0);
+  const conf = dnsConf(net, aliases, b.json);
+  const d = sb.plugin(DNSNAME, call('ADD', id, c.path, name), conf);
+  expect(d.code, d.stdout + d.stderr).toBe(0);
+  return { ns: c.name, path: c.path, id, name, conf, result: d.json, ip: b.json.ips[0].address.split('/')[0] as string };
+}
+const run = (i: ReturnType<typeof addInstance>, command: string, conf: unknown = i.conf) => sb.plugin(DNSNAME, call(command, i.id, i.path, i.name), conf);
+
+describe('dnsname with real queries', () => {
+  it('names and aliases resolve through the nameserver in the result; DEL makes them NXDOMAIN', () => {
+    const web = addInstance(NET_A, 'c-web', 'web', ['www']);
+    const db = addInstance(NET_A, 'c-db', 'db');
+    const ns = db.result.dns.nameservers[0];
+    expect(ns).toBe('10.71.1.1');
+    expect(db.result.dns.search).toContain('a.lan');
+    expect(web.result.ips).toEqual((web.conf.prevResult as { ips: unknown[] }).ips); // the rest of prevResult passes through
+    expect(resolve(sb.dir, db.ns, ns, 'web')).toBe(web.ip);
+    expect(resolve(sb.dir, db.ns, ns, 'www')).toBe(web.ip);
+    expect(resolve(sb.dir, db.ns, ns, 'web.a.lan')).toBe(web.ip);
+    expect(resolve(sb.dir, web.ns, ns, 'db.a.lan')).toBe(db.ip);
+    expect(readFileSync(join(netDir(NET_A), 'addnhosts'), 'utf8')).toBe(`${web.ip}\tweb\twww\n${db.ip}\tdb\n`);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toContain('-A INPUT -i dnsa0 -p udp -m udp --dport 53');
+
+    expect(run(web, 'DEL').code).toBe(0);
+    expect(resolve(sb.dir, db.ns, ns, 'web.a.lan')).toBe('ENOTFOUND');
+    expect(resolve(sb.dir, db.ns, ns, 'www.a.lan')).toBe('ENOTFOUND');
+    expect(resolve(sb.dir, db.ns, ns, 'db.a.lan')).toBe(db.ip);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toContain('--dport 53'); // db still needs it
+
+    expect(run(db, 'DEL').code).toBe(0);
+    expect(ourDnsmasq()).toEqual([]);
+    expect(existsSync(netDir(NET_A))).toBe(false);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('--dport 53');
+    expect(run(db, 'DEL').code).toBe(0); // again: fine
+  });
+
+  it('multiDomain: an instance on one network resolves a name on another', () => {
+    const a = addInstance({ ...NET_A, multiDomain: true }, 'c-x', 'x');
+    const b = addInstance({ ...NET_B, multiDomain: true }, 'c-y', 'y');
+    expect(resolve(sb.dir, a.ns, a.result.dns.nameservers[0], 'y.b.lan')).toBe(b.ip);
+    expect(resolve(sb.dir, b.ns, b.result.dns.nameservers[0], 'x.a.lan')).toBe(a.ip);
+    expect(readFileSync(join(netDir(NET_A), 'localservers.conf'), 'utf8')).toBe('server=/b.lan/10.71.2.1\n');
+    expect(run(b, 'DEL').code).toBe(0);
+    expect(readFileSync(join(netDir(NET_A), 'localservers.conf'), 'utf8')).toBe(''); // kept in step
+  });
+
+  it('CHECK passes, fails once the hosts line is removed or dnsmasq is killed; the next ADD restarts it', () => {
+    const web = addInstance(NET_A, 'c-web', 'web');
+    expect(run(web, 'CHECK').code).toBe(0);
+    const hosts = join(netDir(NET_A), 'addnhosts');
+    const saved = readFileSync(hosts, 'utf8');
+    writeFileSync(hosts, '');
+    expect(run(web, 'CHECK').json.code).toBe(115);
+    writeFileSync(hosts, saved);
+    expect(run(web, 'CHECK').code).toBe(0);
+    for (const pid of ourDnsmasq()) process.kill(pid, 'SIGKILL');
+    const dead = run(web, 'CHECK');
+    expect(dead.json).toMatchObject({ code: 115, msg: expect.stringMatching(/not running/) });
+    expect(run(web, 'ADD').code).toBe(0); // re-ADD: restarts dnsmasq, replaces the lines
+    expect(ourDnsmasq()).toHaveLength(1);
+    expect(readFileSync(hosts, 'utf8').split('\n').filter(Boolean)).toHaveLength(1);
+    expect(run(web, 'CHECK').code).toBe(0);
+    expect(resolve(sb.dir, web.ns, '10.71.1.1', 'web')).toBe(web.ip);
+  });
+
+  it('a name or alias already taken is an error and leaves nothing', () => {
+    addInstance(NET_A, 'c-web', 'web', ['www']);
+    const before = readFileSync(join(netDir(NET_A), 'state.json'), 'utf8');
+    const c = sb.container();
+    const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'dnsa0' }], ips: [{ address: '10.71.1.50/24', gateway: '10.71.1.1' }] };
+    const r1 = sb.plugin(DNSNAME, call('ADD', 'c-other', c.path, 'www'), dnsConf(NET_A, [], prev));
+    expect(r1.json).toMatchObject({ code: 116, msg: 'name "www" is already taken on network neta' });
+    const r2 = sb.plugin(DNSNAME, call('ADD', 'c-other', c.path, 'other'), dnsConf(NET_A, ['web'], prev));
+    expect(r2.json.code).toBe(116);
+    expect(readFileSync(join(netDir(NET_A), 'state.json'), 'utf8')).toBe(before);
+  });
+
+  it('DEL succeeds after /run was wiped, and stops the dnsmasq it can no longer find by pidfile', () => {
+    const web = addInstance(NET_A, 'c-web', 'web');
+    expect(ourDnsmasq()).toHaveLength(1);
+    rmSync(join(xdg, 'containers'), { recursive: true, force: true });
+    expect(run(web, 'DEL').code).toBe(0);
+    expect(ourDnsmasq()).toEqual([]);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('--dport 53');
+  });
+
+  it('never signals a foreign process named in the pidfile', async () => {
+    const web = addInstance(NET_A, 'c-web', 'web');
+    const db = addInstance(NET_A, 'c-db', 'db');
+    const foreign = spawn('sleep', ['30']);
+    await new Promise((r) => setTimeout(r, 100));
+    writeFileSync(join(netDir(NET_A), 'pidfile'), `${foreign.pid}\n`);
+    expect(run(db, 'DEL').code).toBe(0);
+    expect(run(web, 'DEL').code).toBe(0);
+    expect(foreign.exitCode).toBe(null);
+    expect(foreign.signalCode).toBe(null);
+    foreign.kill('SIGKILL');
+    expect(ourDnsmasq()).toEqual([]);
+  });
+
+  it('concurrent ADDs on one network lose and duplicate no line; GC keeps exactly the valid ones', async () => {
+    const n = 8;
+    const cs = Array.from({ length: n }, () => sb.container());
+    const bridges = cs.map((c, i) => sb.plugin(BRIDGE, { command: 'ADD', containerId: `k${i}`, netns: c.path }, {
+      cniVersion: '1.0.0', name: NET_A.name, type: 'bridge', bridge: NET_A.bridge, isGateway: true,
+      ipam: { type: 'host-local', subnet: NET_A.subnet, dataDir: join(sb.dir, 'ipam') },
+    }));
+    const runs = await Promise.all(cs.map((c, i) => sb.pluginAsync(DNSNAME, call('ADD', `k${i}`, c.path, `host${i}`), dnsConf(NET_A, [], bridges[i].json))));
+    for (const r of runs) expect(r.code, r.stdout + r.stderr).toBe(0);
+    const lines = readFileSync(join(netDir(NET_A), 'addnhosts'), 'utf8').split('\n').filter(Boolean);
+    expect(lines).toHaveLength(n);
+    for (let i = 0; i < n; i++) expect(resolve(sb.dir, cs[0].name, '10.71.1.1', `host${i}.a.lan`)).toBe(bridges[i].json.ips[0].address.split('/')[0]);
+    const gc = sb.plugin(DNSNAME, call('GC', '', '', 'x'), { ...dnsConf(NET_A, []), cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 'k3', ifname: 'eth0' }] });
+    expect(gc.code, gc.stdout).toBe(0);
+    expect(readFileSync(join(netDir(NET_A), 'addnhosts'), 'utf8')).toBe(`${bridges[3].json.ips[0].address.split('/')[0]}\thost3\n`);
+    const gc2 = sb.plugin(DNSNAME, call('GC', '', '', 'x'), { ...dnsConf(NET_A, []), cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] });
+    expect(gc2.code).toBe(0);
+    expect(ourDnsmasq()).toEqual([]);
+    expect(existsSync(netDir(NET_A))).toBe(false);
+  });
+
+  it('STATUS says dnsmasq is available', () => {
+    expect(sb.plugin(DNSNAME, call('STATUS', '', '', 'x'), { ...dnsConf(NET_A, []), cniVersion: '1.1.0' }).code).toBe(0);
+  });
+});
+
+describe('dnsname: bad input writes nothing', () => {
+  const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'dnsa0' }], ips: [{ address: '10.71.1.9/24', gateway: '10.71.1.1' }] };
+  const cases: [string, Record<string, unknown>, string, number][] = [
+    ['a domain with a space', { domainName: 'a lan' }, 'web', 7],
+    ['a domain with a newline', { domainName: 'a.lan\naddn-hosts=/etc/passwd' }, 'web', 7],
+    ['a domain with a slash', { domainName: 'a/lan' }, 'web', 7],
+    ['an alias with a newline', { runtimeConfig: { aliases: { neta: ['ok', 'x\nconf-file=/tmp/evil'] } } }, 'web', 7],
+    ['a name meant to inject a dnsmasq option', {}, 'web%0Aconf-file=/tmp/evil', 4],
+    ['a missing prevResult', { prevResult: undefined }, 'web', 7],
+    ['a remote server that is not an address', { remoteServers: ['1.2.3.4#53'] }, 'web', 7],
+  ];
+  for (const [name, patch, podName, code] of cases) {
+    it(name, () => {
+      const c = sb.container();
+      const conf = { ...dnsConf(NET_A, [], prev), ...patch };
+      const r = sb.plugin(DNSNAME, call('ADD', 'c1', c.path, podName.replace('%0A', '\n')), conf);
+      expect(r.code).toBe(1);
+      expect(r.json.code).toBe(code);
+      expect(existsSync(netDir(NET_A))).toBe(false);
+      expect(ourDnsmasq()).toEqual([]);
+    });
+  }
+});
