@@ -47,6 +47,7 @@ function row(name, ours, ref, note = '') {
 
 try {
   ip('netns', 'add', H);
+  ip('netns', 'exec', H, 'ip', 'link', 'set', 'lo', 'up');
   const results = { nodeStart: [], nsenter: [], ourVersion: [], refVersion: [] };
   for (let i = 0; i < RUNS; i++) {
     results.nodeStart.push(timed([NODE, '-e', '0']));
@@ -130,6 +131,43 @@ try {
   }
   row('aos-firewall ADD (no reference)', median(aos0.add), NaN, `with 200 instances present: ${median(aos200.add).toFixed(1)} ms`);
   row('aos-firewall DEL (no reference)', median(aos0.del), NaN, `with 200 instances present: ${median(aos200.del).toFixed(1)} ms`);
+
+  // dnsname: the reference (Debian's podman dnsname) against ours, ADD then
+  // DEL of a second container on a network whose dnsmasq already runs (the
+  // common case), and how long after ADD returns the new name answers.
+  const answerProbe = join(tmp, 'answer.cjs');
+  writeFileSync(answerProbe, `
+const { Resolver } = require('dns').promises; const r = new Resolver({ timeout: 100, tries: 1 }); r.setServers([process.argv[2]]);
+const t0 = process.hrtime.bigint();
+(async () => { for (;;) { try { const a = await r.resolve4(process.argv[3]); if (a.length) break; } catch {} }
+  process.stdout.write(String(Number(process.hrtime.bigint() - t0) / 1e6)); })();`);
+  const dnsRuns = { ours: { add: [], del: [], answer: [] }, ref: { add: [], del: [], answer: [] } };
+  const dnsSetup = {};
+  for (const who of ['ours', 'ref']) {
+    const subnet = who === 'ours' ? '10.240.0' : '10.241.0';
+    const prev = (i) => ({ cniVersion: '0.4.0', interfaces: [{ name: `dns-${who}` }], ips: [{ version: '4', address: `${subnet}.${i + 10}/24`, gateway: `${subnet}.1` }] });
+    ip('netns', 'exec', H, 'ip', 'link', 'add', `dns-${who}`, 'type', 'bridge');
+    ip('netns', 'exec', H, 'ip', 'addr', 'add', `${subnet}.1/24`, 'dev', `dns-${who}`);
+    ip('netns', 'exec', H, 'ip', 'link', 'set', `dns-${who}`, 'up');
+    dnsSetup[who] = { prev, net: `bench${who}${process.pid}`, server: `${subnet}.1` };
+  }
+  const dnsEnv = (who, id, name) => ({ ...fwEnv(id), CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAME=${name}`, XDG_RUNTIME_DIR: join(tmp, 'xdg') });
+  const dnsConf = (who, i) => JSON.stringify({ cniVersion: '0.4.0', name: dnsSetup[who].net, type: 'dnsname', domainName: 'bench.lan', prevResult: dnsSetup[who].prev(i) });
+  const dnsDir = (who) => (who === 'ours' ? OURS : REF);
+  for (const who of ['ours', 'ref']) timed(nsenter([join(dnsDir(who), 'dnsname')]), { ...dnsEnv(who, 'keeper', 'keeper'), CNI_COMMAND: 'ADD' }, dnsConf(who, 0));
+  for (let i = 1; i <= RUNS; i++) {
+    for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) {
+      const name = `n${i}`;
+      dnsRuns[who].add.push(timed(nsenter([join(dnsDir(who), 'dnsname')]), { ...dnsEnv(who, `c${i}`, name), CNI_COMMAND: 'ADD' }, dnsConf(who, i)));
+      const a = spawnSync('nsenter', [`--net=/var/run/netns/${H}`, process.execPath, answerProbe, dnsSetup[who].server, `${name}.bench.lan`], { encoding: 'utf8', timeout: 5000 });
+      dnsRuns[who].answer.push(Number(a.stdout) || NaN);
+      dnsRuns[who].del.push(timed(nsenter([join(dnsDir(who), 'dnsname')]), { ...dnsEnv(who, `c${i}`, name), CNI_COMMAND: 'DEL' }, dnsConf(who, i)));
+    }
+  }
+  for (const who of ['ours', 'ref']) timed(nsenter([join(dnsDir(who), 'dnsname')]), { ...dnsEnv(who, 'keeper', 'keeper'), CNI_COMMAND: 'DEL' }, dnsConf(who, 0));
+  row('dnsname ADD (dnsmasq running)', median(dnsRuns.ours.add), median(dnsRuns.ref.add), minusNode(median(dnsRuns.ours.add)));
+  row('dnsname DEL', median(dnsRuns.ours.del), median(dnsRuns.ref.del), minusNode(median(dnsRuns.ours.del)));
+  row('dnsname: ADD return → name answers', median(dnsRuns.ours.answer), median(dnsRuns.ref.answer), 'first query after ADD, until a positive answer');
 
   rows.unshift(
     { name: 'VERSION (bridge)', ours: median(results.ourVersion), ref: median(results.refVersion), note: `bare \`node -e 0\` of the embedded Node: ${median(results.nodeStart).toFixed(1)} ms → ours is ${(median(results.ourVersion) / median(results.nodeStart)).toFixed(2)}× bare Node` },

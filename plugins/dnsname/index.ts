@@ -8,6 +8,7 @@ import { which } from '../../lib/exec/index.js';
 import { DNS_NAME, dnsnameConfig, type DnsnameConfig } from './config.js';
 import { readFileSync } from 'node:fs';
 import { Tree, type Entry, type NetworkState } from './files.js';
+import { trace } from '../../lib/cni/trace.js';
 import { dnsmasqBinary, findDnsmasq, reload, startDnsmasq, stop, waitForAnswer, waitForGone } from './dnsmasq.js';
 
 /**
@@ -92,18 +93,26 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     s.entries.push({ containerID: ctx.env.containerId, ifname: ctx.env.ifname, ips: a.ips, names: a.names });
     const firstOnNetwork = !old || old.entries.length === 0;
+    trace('dnsname: state read');
     tree.write(s, tree.networks());
-    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
-      for (const r of inputRules(s)) p.insertUnique(r);
-    });
+    trace('dnsname: files written');
+    // The port-53 rule comes with the network's first container (CHECK
+    // verifies it is still there); later ADDs need no iptables read.
+    if (firstOnNetwork || old?.bridge !== a.bridge) {
+      await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
+        for (const r of inputRules(s)) p.insertUnique(r);
+      });
+    }
     const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
     if (pid) reload(pid);
     else await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+    trace('dnsname: dnsmasq signalled');
     if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
     // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
     if (!(await waitForAnswer(a.bridgeIP, `${a.names[0]}.${s.domain}`, a.ips.find((ip) => familyOf(ip) === 4) ?? a.ips[0]))) {
       throw new CniError(ErrorCode.IOFailure, `dnsmasq on ${a.bridgeIP} does not answer for ${a.names[0]}`);
     }
+    trace('dnsname: name answers');
   });
   const prev = ctx.prevResult!;
   const dedupe = (xs: string[]) => [...new Set(xs)];
