@@ -164,6 +164,36 @@ describe('dnsname with real queries', () => {
     expect(existsSync(netDir(NET_A))).toBe(false);
   });
 
+  it('remoteServers become the upstream servers', async () => {
+    // A "remote" DNS server in a namespace of its own, reached through the test host.
+    const remote = sb.container();
+    const { must } = await import('../helpers/sandbox.js');
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', remote.name]);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '198.51.100.1/24', 'dev', 'up0']);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'up0', 'up']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'addr', 'add', '198.51.100.53/24', 'dev', 'eth0']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'eth0', 'up']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'lo', 'up']);
+    const upstream = spawn('ip', ['netns', 'exec', remote.name, '/usr/sbin/dnsmasq', '--no-daemon', '--no-resolv', '--no-hosts', `--pid-file=${join(sb.dir, 'remote.pid')}`,
+      '--listen-address=198.51.100.53', '--bind-interfaces', '--address=/far.example/192.0.2.77'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const net = { ...NET_A };
+      const c = sb.container();
+      const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'r1', netns: c.path }, {
+        cniVersion: '1.0.0', name: net.name, type: 'bridge', bridge: net.bridge, isGateway: true,
+        ipam: { type: 'host-local', subnet: net.subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: join(sb.dir, 'ipam') },
+      });
+      const d = sb.plugin(DNSNAME, call('ADD', 'r1', c.path, 'r1'), dnsConf(net, [], b.json, { remoteServers: ['198.51.100.53'] }));
+      expect(d.code, d.stdout).toBe(0);
+      expect(readFileSync(join(netDir(net), 'localservers.conf'), 'utf8')).toBe('server=198.51.100.53\n');
+      expect(resolve(sb.dir, c.name, '10.71.1.1', 'host.far.example')).toBe('192.0.2.77');
+      expect(resolve(sb.dir, c.name, '10.71.1.1', 'r1.a.lan')).toBe(b.json.ips[0].address.split('/')[0]);
+    } finally {
+      upstream.kill('SIGKILL');
+    }
+  });
+
   it('STATUS says dnsmasq is available', () => {
     expect(sb.plugin(DNSNAME, call('STATUS', '', '', 'x'), { ...dnsConf(NET_A, []), cniVersion: '1.1.0' }).code).toBe(0);
   });
