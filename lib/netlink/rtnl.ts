@@ -107,7 +107,7 @@ export function errnoOf(err: unknown): string | undefined {
  * operations the plugins need, in the plugins' terms.
  */
 export class Rtnl {
-  private constructor(private readonly sock: RtNetlinkSocket) {}
+  private constructor(readonly sock: RtNetlinkSocket) {}
 
   /** A socket in the current namespace, or inside `ns`. */
   static open(ns?: Netns): Rtnl {
@@ -182,6 +182,13 @@ export class Rtnl {
     const attrs: ifla.LinkAttrs = { ifname: opts.name, linkinfo };
     if (opts.mtu) attrs.mtu = opts.mtu;
     if (opts.mac) attrs.address = macToBytes(opts.mac);
+    await this.sock.newLink({}, attrs, { flags: CREATE });
+  }
+
+  /** An ifb device (the target that egress shaping redirects to). */
+  async createIfb(name: string, mtu?: number): Promise<void> {
+    const attrs: ifla.LinkAttrs = { ifname: name, linkinfo: str(IFLA_INFO_KIND, 'ifb') };
+    if (mtu) attrs.mtu = mtu;
     await this.sock.newLink({}, attrs, { flags: CREATE });
   }
 
