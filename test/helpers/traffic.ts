@@ -85,3 +85,46 @@ export function resolve(dir: string, ns: string, server: string, name: string): 
   const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, file, server, name], { encoding: 'utf8' });
   return r.stdout;
 }
+
+const SINK = `
+const net = require('net');
+const [port, secs] = [Number(process.argv[2]), Number(process.argv[3])];
+net.createServer((c) => {
+  let bytes = 0, t0 = 0, counting = false;
+  c.on('data', (b) => { const now = Date.now(); if (!t0) t0 = now; if (now - t0 >= 500) { if (!counting) { counting = true; bytes = 0; t0 = now; } bytes += b.length; } });
+  c.on('end', () => { const s = (Date.now() - t0) / 1000; process.stdout.write(String(Math.round((bytes * 8) / s))); process.exit(0); });
+  c.on('error', () => {});
+}).listen(port, '0.0.0.0', () => process.stderr.write('ready\\n'));
+setTimeout(() => process.exit(1), (secs + 10) * 1000);
+`;
+const SOURCE = `
+const net = require('net');
+const [host, port, secs] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
+const chunk = Buffer.alloc(65536, 120);
+const c = net.connect({ host, port }, () => {
+  const end = Date.now() + secs * 1000;
+  const pump = () => { while (Date.now() < end) { if (!c.write(chunk)) { c.once('drain', pump); return; } } c.end(); };
+  pump();
+});
+c.on('error', () => process.exit(1));
+`;
+
+/** Bits per second a TCP stream from `fromNs` to `toNs` (listening at host:port) achieves, measured after a 0.5 s warm-up. */
+export async function throughput(dir: string, fromNs: string, toNs: string, host: string, port: number, secs = 3): Promise<number> {
+  writeFileSync(join(dir, 'sink.cjs'), SINK);
+  writeFileSync(join(dir, 'source.cjs'), SOURCE);
+  const sink = spawn('ip', ['netns', 'exec', toNs, process.execPath, join(dir, 'sink.cjs'), String(port), String(secs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  sink.stdout!.on('data', (b: Buffer) => (out += b));
+  await new Promise<void>((res) => sink.stderr!.on('data', (b: Buffer) => b.toString().includes('ready') && res()));
+  spawnSync('ip', ['netns', 'exec', fromNs, process.execPath, join(dir, 'source.cjs'), host, String(port), String(secs)]);
+  await new Promise((res) => sink.on('exit', res));
+  return Number(out);
+}
+
+/** Average ping round trip in ms from `ns` to host (NaN when nothing came back). */
+export function pingRtt(ns: string, host: string, count = 5): number {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'ping', '-c', String(count), '-i', '0.2', '-W', '2', host], { encoding: 'utf8' });
+  const m = /= [\d.]+\/([\d.]+)\//.exec(r.stdout);
+  return m ? Number(m[1]) : NaN;
+}
