@@ -169,6 +169,25 @@ const t0 = process.hrtime.bigint();
   row('dnsname DEL', median(dnsRuns.ours.del), median(dnsRuns.ref.del), minusNode(median(dnsRuns.ours.del)));
   row('dnsname: ADD return → name answers', median(dnsRuns.ours.answer), median(dnsRuns.ref.answer), 'first query after ADD, until a positive answer');
 
+  // bandwidth: ADD then DEL of ingress + egress shaping on a fresh veth, ours vs the reference.
+  const bwRuns = { ours: { add: [], del: [] }, ref: { add: [], del: [] } };
+  for (let i = 0; i < RUNS; i++) {
+    for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) {
+      const dir = who === 'ours' ? OURS : REF;
+      const ns = `${H}-bw-${who}-${i}`;
+      ip('netns', 'add', ns);
+      ip('netns', 'exec', H, 'ip', 'link', 'add', `hv${i}${who[0]}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+      const prev = { cniVersion: '1.0.0', interfaces: [{ name: `hv${i}${who[0]}` }, { name: 'eth0', sandbox: `/var/run/netns/${ns}` }], ips: [{ address: '10.250.0.2/24', interface: 1 }] };
+      const c = JSON.stringify({ cniVersion: '1.0.0', name: 'bwbench', type: 'bandwidth', ingressRate: 8000000, ingressBurst: 200000, egressRate: 8000000, egressBurst: 200000, prevResult: prev });
+      const env = { CNI_CONTAINERID: `bw${who}${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: dir };
+      bwRuns[who].add.push(timed(nsenter([join(dir, 'bandwidth')]), { ...env, CNI_COMMAND: 'ADD' }, c));
+      bwRuns[who].del.push(timed(nsenter([join(dir, 'bandwidth')]), { ...env, CNI_COMMAND: 'DEL' }, c));
+      ip('netns', 'del', ns);
+    }
+  }
+  row('bandwidth ADD (ingress + egress)', median(bwRuns.ours.add), median(bwRuns.ref.add), minusNode(median(bwRuns.ours.add)));
+  row('bandwidth DEL', median(bwRuns.ours.del), median(bwRuns.ref.del), minusNode(median(bwRuns.ours.del)));
+
   rows.unshift(
     { name: 'VERSION (bridge)', ours: median(results.ourVersion), ref: median(results.refVersion), note: `bare \`node -e 0\` of the embedded Node: ${median(results.nodeStart).toFixed(1)} ms → ours is ${(median(results.ourVersion) / median(results.nodeStart)).toFixed(2)}× bare Node` },
   );
