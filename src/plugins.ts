@@ -9,6 +9,7 @@ export const PLUGINS: Record<string, () => Promise<Plugin<BaseNetConf>>> = {
   bridge: async () => (await import('../plugins/bridge/index.js')).default as unknown as Plugin<BaseNetConf>,
   'host-local': async () => (await import('../plugins/host-local/index.js')).default as unknown as Plugin<BaseNetConf>,
   bandwidth: async () => (await import('../plugins/bandwidth/index.js')).default as unknown as Plugin<BaseNetConf>,
+  'traffic-accounting': async () => (await import('../plugins/traffic-accounting/index.js')).default as unknown as Plugin<BaseNetConf>,
   dnsname: async () => (await import('../plugins/dnsname/index.js')).default as unknown as Plugin<BaseNetConf>,
   firewall: async () => (await import('../plugins/firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
   'aos-firewall': async () => (await import('../plugins/aos-firewall/index.js')).default as unknown as Plugin<BaseNetConf>,

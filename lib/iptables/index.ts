@@ -222,6 +222,9 @@ export class TablePlan {
   hasChain(name: string): boolean {
     return this.chains.has(name);
   }
+  chainNames(): string[] {
+    return [...this.chains];
+  }
   has(rule: Rule): boolean {
     return this.index.has(ruleKey(rule));
   }
