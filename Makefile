@@ -56,7 +56,7 @@ demo: build
 install: build
 	mkdir -p $(DESTDIR)
 	install -m 0755 $(BIN) $(DESTDIR)/cni-ts
-	for p in $(PLUGINS); do ln -sf cni-ts $(DESTDIR)/$$p; done
+	for p in $(PLUGINS) cni-manager; do ln -sf cni-ts $(DESTDIR)/$$p; done
 
 clean:
 	rm -rf bin .build

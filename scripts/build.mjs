@@ -100,7 +100,7 @@ const probe = execFileSync(target, [], { env: { CNI_COMMAND: 'VERSION' }, input:
 if (!probe.includes('supportedVersions')) throw new Error(`bin/cni-ts does not answer VERSION: ${probe}`);
 
 // 4. One link per plugin: the invoked name picks the plugin.
-for (const p of PLUGINS) {
+for (const p of [...PLUGINS, 'cni-manager']) {
   const link = join(bin, p);
   try {
     lstatSync(link);

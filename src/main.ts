@@ -28,6 +28,12 @@ function pluginName(): string {
 
 async function main(): Promise<number> {
   trace('main');
+  // In the binary argv is [exec, exec, ...args].
+  const userArgs = process.argv.slice(2);
+  if (basename(process.argv0 || '') === 'cni-manager' || userArgs[0] === 'cni-manager') {
+    const { managerMain } = await import('../lib/manager/cli.js');
+    return managerMain(userArgs[0] === 'cni-manager' ? userArgs.slice(1) : userArgs);
+  }
   const name = pluginName();
   const load = PLUGINS[name];
   const command = process.env.CNI_COMMAND ?? '';

@@ -1,0 +1,104 @@
+import { readFileSync, writeSync } from 'node:fs';
+import { CniManager, ListError, parseNetworkList, type RuntimeConf } from './network.js';
+import { PluginError } from './exec.js';
+
+/**
+ * cni-manager: run a network list like the Aos service manager.
+ *   cni-manager add|del|check|status|gc <conflist> <instance-id> [options]
+ */
+const USAGE = `usage: cni-manager <command> <conflist> [<instance-id>] [options]
+
+commands:
+  add <conflist> <instance-id>     ADD the list to the instance; prints the result
+  del <conflist> <instance-id>     DEL it (reverse order, cached result as prevResult)
+  check <conflist> <instance-id>   CHECK it against the cached result
+  status <conflist>                STATUS of every plugin (cniVersion 1.1.0 lists)
+  gc <conflist> [<instance-id>...] GC: keep only the given instances' attachments
+
+options:
+  --netns PATH       the instance's network namespace (default /run/netns/<instance-id>)
+  --ifname NAME      interface in the instance (default eth0)
+  --args K=V;K2=V2   CNI_ARGS (default IgnoreUnknown=1;K8S_POD_NAME=<instance-id>)
+  --cap JSON         capability arguments, e.g. '{"aliases":{"net":["web"]}}'
+  --cni-path DIRS    plugin directories, colon separated (default $CNI_PATH or /opt/cni/bin)
+  --cache-dir DIR    result cache directory (default /var/lib/cni)
+  --timeout MS       per-plugin timeout (default 60000)
+  --help             this text
+`;
+
+function fail(msg: string): number {
+  process.stderr.write(`cni-manager: ${msg}\n`);
+  return 1;
+}
+
+export async function managerMain(argv: string[]): Promise<number> {
+  const opts: Record<string, string> = {};
+  const pos: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    if (a.startsWith('--')) {
+      const v = argv[++i];
+      if (v === undefined) return fail(`${a} needs a value\n\n${USAGE}`);
+      opts[a.slice(2)] = v;
+    } else pos.push(a);
+  }
+  const [command, conflist, ...ids] = pos;
+  if (!command || !conflist) return fail(`missing command or conflist\n\n${USAGE}`);
+  let list;
+  try {
+    list = parseNetworkList(readFileSync(conflist));
+  } catch (err) {
+    return fail(`cannot read network list ${conflist}: ${(err as Error).message}`);
+  }
+  const mgr = new CniManager({
+    cniPath: (opts['cni-path'] ?? process.env.CNI_PATH ?? '/opt/cni/bin').split(':').filter(Boolean),
+    cacheDir: opts['cache-dir'] ?? '/var/lib/cni',
+    timeoutMs: opts.timeout ? Number(opts.timeout) : undefined,
+  });
+  const rtFor = (id: string): RuntimeConf => {
+    let capabilityArgs: Record<string, unknown> | undefined;
+    if (opts.cap) capabilityArgs = JSON.parse(opts.cap) as Record<string, unknown>;
+    const args = (opts.args ?? `IgnoreUnknown=1;K8S_POD_NAME=${id}`).split(';').filter(Boolean).map((kv): [string, string] => {
+      const i = kv.indexOf('=');
+      return [kv.slice(0, i), kv.slice(i + 1)] as [string, string];
+    });
+    return { containerId: id, netns: opts.netns ?? `/run/netns/${id}`, ifname: opts.ifname ?? 'eth0', args, capabilityArgs };
+  };
+  try {
+    switch (command) {
+      case 'add': {
+        if (!ids[0]) return fail('add needs an instance id');
+        const result = await mgr.addNetworkList(list, rtFor(ids[0]));
+        writeSync(1, `${JSON.stringify(result, null, 2)}\n`);
+        return 0;
+      }
+      case 'del':
+        if (!ids[0]) return fail('del needs an instance id');
+        await mgr.deleteNetworkList(list, rtFor(ids[0]));
+        return 0;
+      case 'check':
+        if (!ids[0]) return fail('check needs an instance id');
+        await mgr.checkNetworkList(list, rtFor(ids[0]));
+        return 0;
+      case 'status':
+        await mgr.statusNetworkList(list);
+        return 0;
+      case 'gc':
+        await mgr.gcNetworkList(list, ids.map((id) => ({ containerID: id, ifname: opts.ifname ?? 'eth0' })));
+        return 0;
+      default:
+        return fail(`unknown command "${command}"\n\n${USAGE}`);
+    }
+  } catch (err) {
+    if (err instanceof ListError) return fail(err.message);
+    if (err instanceof PluginError) {
+      if (err.stderr.trim()) process.stderr.write(err.stderr);
+      return fail(`${err.message} [code ${err.code}]`);
+    }
+    return fail((err as Error).message);
+  }
+}

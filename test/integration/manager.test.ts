@@ -1,0 +1,89 @@
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BIN, Sandbox, sh } from '../helpers/sandbox.js';
+import { resolve } from '../helpers/traffic.js';
+
+// The full Aos network list, run by cni-manager (the service manager library)
+// inside the test's host namespace, into a real instance namespace.
+let sb: Sandbox;
+beforeEach(() => {
+  sb = new Sandbox('mgr');
+});
+afterEach(() => sb.cleanup());
+
+function aosList(extra: Record<string, unknown>[] = []) {
+  return {
+    cniVersion: '0.4.0', name: 'spmgr',
+    plugins: [
+      { type: 'bridge', bridge: 'br-mgr', hairpinMode: true, ipMasq: true, isGateway: true,
+        ipam: { Name: '', type: 'host-local', dataDir: join(sb.dir, 'ipam'), subnet: '10.84.0.0/24', routes: [{ dst: '0.0.0.0/0' }] } },
+      { type: 'dnsname', capabilities: { aliases: true }, domainName: 'spmgr', multiDomain: true },
+      { type: 'aos-firewall', uuid: 'inst-1', iptablesAdminChainName: 'INSTANCE_inst-1', runtimeStatePath: join(sb.dir, 'aos_chains.conf'),
+        allowPublicConnections: false, inputAccess: [{ port: '8080', protocol: 'tcp' }] },
+      { type: 'bandwidth', ingressRate: 1_000_000, ingressBurst: 12800, egressRate: 2_000_000, egressBurst: 12800 },
+      ...extra,
+      { type: 'traffic-accounting', instanceId: 'inst-1' },
+    ],
+  };
+}
+
+function manager(args: string[]) {
+  return sh(['ip', 'netns', 'exec', sb.host, 'env', `XDG_RUNTIME_DIR=${join(sb.dir, 'xdg')}`, join(BIN, 'cni-manager'), ...args, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')]);
+}
+
+function leftovers() {
+  return {
+    veths: sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim(),
+    ifbs: sb.inHost(['ip', '-o', 'link', 'show', 'type', 'ifb']).stdout.trim(),
+    chains: sb.inHost(['iptables-save', '-t', 'filter']).stdout.split('\n').filter((l) => /^:(CNI-|AOS_)/.test(l)),
+    nat: sb.inHost(['iptables-save', '-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith(':CNI-')),
+    qdiscs: sb.inHost(['tc', 'qdisc', 'show']).stdout.split('\n').filter((l) => l && !l.includes('noqueue')),
+    hosts: existsSync(join(sb.dir, 'xdg/containers/cni/dnsname/spmgr')),
+    allocations: existsSync(join(sb.dir, 'ipam/spmgr')) ? readdirSync(join(sb.dir, 'ipam/spmgr')).filter((f) => f.startsWith('10.')) : [],
+    cache: existsSync(join(sb.dir, 'cache/results')) ? readdirSync(join(sb.dir, 'cache/results')) : [],
+    daemons: sb.strays(),
+  };
+}
+const clean = { veths: '', ifbs: '', chains: [], nat: [], qdiscs: [], hosts: false, allocations: [], cache: [], daemons: [] };
+
+describe('cni-manager runs the Aos list', () => {
+  it('add, check, the cache in libcni format, del leaves nothing', () => {
+    const c = sb.container();
+    writeFileSync(join(sb.dir, 'list.conflist'), JSON.stringify(aosList()));
+    const add = manager(['add', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path, '--cap', JSON.stringify({ aliases: { spmgr: ['web'] } })]);
+    expect(add.code, add.stderr).toBe(0);
+    const result = JSON.parse(add.stdout);
+    expect(result.ips[0].address).toBe('10.84.0.2/24');
+    expect(result.dns.nameservers[0]).toBe('10.84.0.1');
+    expect(result.interfaces.map((i: { name: string }) => i.name)).toContain('bwp' + result.interfaces.at(-1).name.slice(3));
+    expect(resolve(sb.dir, c.name, '10.84.0.1', 'web.spmgr')).toBe('10.84.0.2');
+    const file = join(sb.dir, 'cache/results/spmgr-inst-1-eth0');
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    const cached = JSON.parse(readFileSync(file, 'utf8'));
+    expect(cached).toMatchObject({ kind: 'cniCacheV1', containerId: 'inst-1', ifName: 'eth0', networkName: 'spmgr', cniArgs: [['IgnoreUnknown', '1'], ['K8S_POD_NAME', 'inst-1']], result });
+    expect(JSON.parse(Buffer.from(cached.config, 'base64').toString()).name).toBe('spmgr');
+    expect(manager(['check', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]).code).toBe(0);
+    const del = manager(['del', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]);
+    expect(del.code, del.stderr).toBe(0);
+    expect(leftovers()).toEqual(clean);
+  });
+
+  it('a plugin that fails mid-chain leaves nothing behind', () => {
+    const c = sb.container();
+    writeFileSync(join(sb.dir, 'bad.conflist'), JSON.stringify(aosList([{ type: 'aos-firewall', iptablesAdminChainName: 'X', uuid: 'u', inputAccess: [{ port: '80;reboot' }] }])));
+    const add = manager(['add', join(sb.dir, 'bad.conflist'), 'inst-1', '--netns', c.path]);
+    expect(add.code).toBe(1);
+    expect(add.stderr).toMatch(/plugin aos-firewall failed: inputAccess/);
+    expect(leftovers()).toEqual(clean);
+    expect(sb.inNs(c.name, ['ip', '-o', 'link', 'show']).stdout.trim().split('\n')).toHaveLength(1);
+  });
+
+  it('answers --help and refuses a bad list clearly', () => {
+    expect(manager(['--help']).stdout).toContain('usage: cni-manager');
+    writeFileSync(join(sb.dir, 'empty.conflist'), '{"name":"x","plugins":[]}');
+    const r = manager(['add', join(sb.dir, 'empty.conflist'), 'i']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('not a network list');
+  });
+});
