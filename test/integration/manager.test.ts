@@ -79,6 +79,48 @@ describe('cni-manager runs the Aos list', () => {
     expect(sb.inNs(c.name, ['ip', '-o', 'link', 'show']).stdout.trim().split('\n')).toHaveLength(1);
   });
 
+  it('traffic: totals grow with real traffic, survive a restart of the monitor, and a crossed limit drops traffic', async () => {
+    const { throughput } = await import('../helpers/traffic.js');
+    const { must } = await import('../helpers/sandbox.js');
+    // A peer outside the local ranges, through the test host.
+    const peer = sb.container();
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'out0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer.name]);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'out0']);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'out0', 'up']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'addr', 'add', '203.0.113.9/24', 'dev', 'eth0']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'link', 'set', 'eth0', 'up']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
+    const list = aosList();
+    list.plugins = list.plugins.filter((p) => p.type !== 'bandwidth' && p.type !== 'aos-firewall');
+    (list.plugins[0] as Record<string, unknown>).ipMasq = false;
+    writeFileSync(join(sb.dir, 'list.conflist'), JSON.stringify(list));
+    const c = sb.container();
+    expect(manager(['add', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]).code).toBe(0);
+    const db = join(sb.dir, 'traffic.db');
+    const traffic = (extra: string[] = []) => {
+      const r = manager(['traffic', join(sb.dir, 'list.conflist'), '--db', db, ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      const row = r.stdout.split('\n').find((l) => l.startsWith('inst-1'))!.split(/\s+/);
+      return { download: Number(row[1]), upload: Number(row[2]), state: row[4] };
+    };
+    expect(traffic()).toMatchObject({ download: 0, upload: 0, state: 'ok' });
+    const rate = await throughput(sb.dir, c.name, peer.name, '203.0.113.9', 5200, 1);
+    const sent = (rate / 8) * 1; // about one second's worth, measured after warm-up: a lower bound
+    const t1 = traffic();
+    expect(t1.upload).toBeGreaterThan(sent * 0.9);
+    expect(t1.download).toBeGreaterThan(0);
+    const t2 = traffic(); // a new process: totals kept
+    expect(t2.upload).toBeGreaterThanOrEqual(t1.upload);
+    expect(existsSync(db)).toBe(true);
+    // A limit below what was sent: blocked, and traffic to the peer dropped.
+    const t3 = traffic(['--limits', JSON.stringify({ 'inst-1': { upload: 1000 } })]);
+    expect(t3.state).toBe('BLOCKED');
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toMatch(/-A AOS_[0-9a-f]+_OUT -s 10\.84\.0\.2\/32 -j DROP/);
+    expect(sh(['ip', 'netns', 'exec', c.name, 'ping', '-c', '1', '-W', '1', '203.0.113.9']).code).not.toBe(0);
+    expect(manager(['del', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]).code).toBe(0);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('AOS_');
+  });
+
   it('answers --help and refuses a bad list clearly', () => {
     expect(manager(['--help']).stdout).toContain('usage: cni-manager');
     writeFileSync(join(sb.dir, 'empty.conflist'), '{"name":"x","plugins":[]}');
