@@ -65,7 +65,14 @@ interface Outcome {
 
 function once(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, timeoutMs: number): Promise<Outcome> {
   return new Promise((resolve) => {
-    const child = spawn(file, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(file, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (e) {
+      // Node throws some exec failures (ETXTBSY) synchronously.
+      resolve({ code: null, signal: null, stdout: '', stderr: '', spawnError: e as NodeJS.ErrnoException, timedOut: false });
+      return;
+    }
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;
@@ -73,9 +80,9 @@ function once(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, time
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.stdin.on('error', () => undefined);
+    child.stdout!.on('data', (b: Buffer) => out.push(b));
+    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    child.stdin!.on('error', () => undefined);
     child.on('error', (e) => {
       clearTimeout(timer);
       resolve({ code: null, signal: null, stdout: '', stderr: '', spawnError: e as NodeJS.ErrnoException, timedOut });
@@ -84,7 +91,7 @@ function once(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, time
       clearTimeout(timer);
       resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), timedOut });
     });
-    child.stdin.end(stdin);
+    child.stdin!.end(stdin);
   });
 }
 

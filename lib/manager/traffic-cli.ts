@@ -38,7 +38,11 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
   const monitor = new TrafficMonitor(db, (opts.period ?? 'day') as Period);
   try {
     if (command === 'traffic') {
-      writeSync(1, table(await monitor.collect(instancesOf(list, mgr, limits))));
+      const instances = instancesOf(list, mgr, limits);
+      const t0 = performance.now();
+      const usage = await monitor.collect(instances);
+      process.stderr.write(`collected ${instances.length} instances in ${(performance.now() - t0).toFixed(1)} ms\n`);
+      writeSync(1, table(usage));
       return 0;
     }
     let last: Usage[] = [];

@@ -23,7 +23,7 @@ function cnitool(args: string[], env: Record<string, string>) {
 }
 
 describe('a conflist through libcni', () => {
-  it('add, check, del with capabilities (ips, mac) and CNI_ARGS; nothing left', () => {
+  it('add, check, del with capabilities (ips, mac) and CNI_ARGS; nothing left', async () => {
     mkdirSync(join(sb.dir, 'net.d'));
     writeFileSync(join(sb.dir, 'net.d', '10-libcni.conflist'), JSON.stringify({
       cniVersion: '1.0.0',
@@ -50,6 +50,14 @@ describe('a conflist through libcni', () => {
     const bad = cnitool(['check', 'libcninet', c.path], env);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/10\.91\.0\.50/);
+
+    // The cache libcni wrote is one our service manager library reads.
+    const { ResultCache } = await import('../../lib/manager/cache.js');
+    const cached = new ResultCache(join(sb.dir, 'cache')).list('libcninet');
+    expect(cached).toHaveLength(1);
+    expect(cached[0]).toMatchObject({ kind: 'cniCacheV1', networkName: 'libcninet', ifName: 'eth0', capabilityArgs: { ips: ['10.91.0.50/24'] } });
+    expect((cached[0].result as { ips: { address: string }[] }).ips[0].address).toBe('10.91.0.50/24');
+    expect(JSON.parse(Buffer.from(cached[0].config, 'base64').toString()).name).toBe('libcninet');
 
     const del = cnitool(['del', 'libcninet', c.path], env);
     expect(del.code, del.stderr).toBe(0);
