@@ -61,10 +61,11 @@ export function quoteArg(a: string): string {
   return `"${a.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
-export function parseSave(text: string): Map<string, TableState> {
+export function parseSave(text: string, keep?: (line: string) => boolean): Map<string, TableState> {
   const tables = new Map<string, TableState>();
   let cur: TableState | undefined;
   for (const line of text.split('\n')) {
+    if (keep && line.length && line[0] !== '*' && line[0] !== ':' && !keep(line)) continue; // a reader that needs few rules skips the rest unparsed
     if (line.startsWith('*')) {
       cur = { chains: new Map(), rules: [] };
       tables.set(line.slice(1).trim(), cur);
@@ -98,12 +99,12 @@ function tool(f: IpFamily, what: 'save' | 'restore'): string {
   return backend === 'legacy' || backend === 'nft' ? `${base}-${backend}-${what}` : `${base}-${what}`;
 }
 
-export async function save(family: IpFamily, table: string, opts: { counters?: boolean } = {}): Promise<TableState> {
+export async function save(family: IpFamily, table: string, opts: { counters?: boolean; keep?: (line: string) => boolean } = {}): Promise<TableState> {
   const r = await run(tool(family, 'save'), ['-t', table, ...(opts.counters ? ['-c'] : [])]);
   if (r.code !== 0) {
     throw new CniError(ErrorCode.IptablesFailed, `${tool(family, 'save')} failed`, r.stderr.trim());
   }
-  return parseSave(r.stdout).get(table) ?? { chains: new Map(), rules: [] };
+  return parseSave(r.stdout, opts.keep).get(table) ?? { chains: new Map(), rules: [] };
 }
 
 /** A batch of changes to one table, applied atomically by `apply`. */

@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { writeSync } from 'node:fs';
-import { openDb, TrafficMonitor, type Instance, type Period, type Usage } from './traffic.js';
+import { ensureSystemChains, openDb, TrafficMonitor, type Instance, type Period, type Usage } from './traffic.js';
 import type { CniManager, NetworkList } from './network.js';
 import { stdHashHex } from '../iptables/stdhash.js';
 
@@ -37,6 +37,7 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
   const limits = opts.limits ? (JSON.parse(opts.limits) as Record<string, { download?: number; upload?: number }>) : {};
   const monitor = new TrafficMonitor(db, (opts.period ?? 'day') as Period);
   try {
+    await ensureSystemChains();
     if (command === 'traffic') {
       const instances = instancesOf(list, mgr, limits);
       const t0 = performance.now();

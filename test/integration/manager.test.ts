@@ -117,8 +117,12 @@ describe('cni-manager runs the Aos list', () => {
     expect(t3.state).toBe('BLOCKED');
     expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toMatch(/-A AOS_[0-9a-f]+_OUT -s 10\.84\.0\.2\/32 -j DROP/);
     expect(sh(['ip', 'netns', 'exec', c.name, 'ping', '-c', '1', '-W', '1', '203.0.113.9']).code).not.toBe(0);
+    const f = sb.inHost(['iptables-save', '-t', 'filter']).stdout;
+    expect(f).toContain('-A INPUT -j AOS_SYSTEM_IN');
+    expect(f).toContain('-A AOS_SYSTEM_OUT -d 10.0.0.0/8 -j RETURN');
+    expect(f).toMatch(/^-A AOS_SYSTEM_IN$/m);
     expect(manager(['del', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]).code).toBe(0);
-    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('AOS_');
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toMatch(/AOS_[0-9a-f]/);
   });
 
   it('answers --help and refuses a bad list clearly', () => {
