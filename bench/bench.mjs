@@ -233,12 +233,12 @@ const t0 = process.hrtime.bigint();
   void hashes;
   for (let i = 0; i < 500; i++) {
     const id = `collect-${i}`;
-    const ipAddr = `10.244.${i >> 8}.${(i & 255) + 2}`;
+    const ipAddr = `10.244.${(i + 2) >> 8}.${(i + 2) & 255}`;
     writeFileSync(join(cacheDir, 'results', `collect-${id}-eth0`), JSON.stringify({ kind: 'cniCacheV1', containerId: id, ifName: 'eth0', networkName: 'collect', config: Buffer.from(JSON.stringify(collectList)).toString('base64'), result: { cniVersion: '0.4.0', ips: [{ version: '4', address: `${ipAddr}/16` }] } }));
   }
   // The chains themselves, created by the plugin's own rules through one restore per 100 instances.
   const taRun = (i) => {
-    const ipAddr = `10.244.${i >> 8}.${(i & 255) + 2}`;
+    const ipAddr = `10.244.${(i + 2) >> 8}.${(i + 2) & 255}`;
     return spawnSync('nsenter', [`--net=/var/run/netns/${H}`, join(OURS, 'traffic-accounting')], { env: { PATH: process.env.PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: `collect-${i}`, CNI_NETNS: `/var/run/netns/${H}`, CNI_IFNAME: 'eth0', CNI_PATH: OURS }, input: JSON.stringify({ cniVersion: '0.4.0', name: 'collect', type: 'traffic-accounting', prevResult: { cniVersion: '0.4.0', ips: [{ version: '4', address: `${ipAddr}/16` }] } }) });
   };
   for (let i = 0; i < 500; i++) taRun(i);

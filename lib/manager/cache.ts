@@ -1,21 +1,13 @@
 import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { cacheEntry, type CacheEntry } from './schema.js';
 
 /**
  * The result cache, in libcni's cniCacheV1 format (the files libcni and an
  * Aos service manager read): <cacheDir>/results/<network>-<containerID>-<ifname>,
  * written atomically with mode 0600. `config` is the network list's bytes, base64.
  */
-export interface CacheEntry {
-  kind: 'cniCacheV1';
-  containerId: string;
-  config: string;
-  ifName: string;
-  networkName: string;
-  cniArgs?: [string, string][];
-  capabilityArgs?: Record<string, unknown>;
-  result?: Record<string, unknown>;
-}
+export type { CacheEntry };
 
 export class ResultCache {
   constructor(readonly dir: string) {}
@@ -35,8 +27,8 @@ export class ResultCache {
 
   read(network: string, containerId: string, ifname: string): CacheEntry | undefined {
     try {
-      const e = JSON.parse(readFileSync(this.file(network, containerId, ifname), 'utf8')) as CacheEntry;
-      return e.kind === 'cniCacheV1' ? e : undefined;
+      const e = cacheEntry.safeParse(JSON.parse(readFileSync(this.file(network, containerId, ifname), 'utf8')));
+      return e.success ? e.data : undefined;
     } catch {
       return undefined;
     }
@@ -62,8 +54,8 @@ export class ResultCache {
     for (const n of names) {
       if (!n.startsWith(`${network}-`) || n.includes('.tmp')) continue;
       try {
-        const e = JSON.parse(readFileSync(join(this.dir, 'results', n), 'utf8')) as CacheEntry;
-        if (e.kind === 'cniCacheV1' && e.networkName === network) out.push(e);
+        const e = cacheEntry.safeParse(JSON.parse(readFileSync(join(this.dir, 'results', n), 'utf8')));
+        if (e.success && e.data.networkName === network) out.push(e.data);
       } catch {
         // not ours
       }

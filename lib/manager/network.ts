@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { execPlugin, findPlugin, PluginError, type ExecOptions } from './exec.js';
 import { ResultCache, type CacheEntry } from './cache.js';
 import { compareVersions } from '../cni/version.js';
+import { networkList, type NetworkList, type PluginConf } from './schema.js';
 
 /**
  * Runs network lists as a runtime (libcni) and the Aos service manager do:
@@ -10,18 +11,7 @@ import { compareVersions } from '../cni/version.js';
  * caches the last; DEL runs in reverse order (the spec's order) with the
  * cached result, going on past errors; a failed ADD is undone.
  */
-export interface PluginConf {
-  type: string;
-  capabilities?: Record<string, boolean>;
-  [key: string]: unknown;
-}
-
-export interface NetworkList {
-  cniVersion: string;
-  name: string;
-  plugins: PluginConf[];
-  [key: string]: unknown;
-}
+export type { NetworkList, PluginConf };
 
 export interface RuntimeConf {
   containerId: string;
@@ -55,12 +45,11 @@ export class ListError extends Error {
 }
 
 export function parseNetworkList(bytes: Buffer | string): NetworkList {
-  const list = JSON.parse(bytes.toString()) as NetworkList;
-  if (!list || typeof list.name !== 'string' || !Array.isArray(list.plugins) || list.plugins.length === 0) {
-    throw new Error('not a network list: needs "name" and a non-empty "plugins"');
+  const parsed = networkList.safeParse(JSON.parse(bytes.toString()));
+  if (!parsed.success) {
+    throw new Error(`not a network list: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`).join('; ')}`);
   }
-  for (const p of list.plugins) if (!p || typeof p.type !== 'string') throw new Error('every plugin needs a "type"');
-  return list;
+  return parsed.data;
 }
 
 export class CniManager {
@@ -99,8 +88,9 @@ export class CniManager {
       try {
         result = await this.run(list, list.plugins[i], rt, 'ADD', result);
       } catch (err) {
-        // Undo: DEL every plugin of the list, last first, as the runtime's recovery would.
-        await this.delPlugins(list, rt, result).catch(() => undefined);
+        // Undo: DEL the plugins already run, the failed one included (it may
+        // have done half its work), last first.
+        await this.delPlugins({ ...list, plugins: list.plugins.slice(0, i + 1) }, rt, result).catch(() => undefined);
         throw err;
       }
     }
