@@ -12,5 +12,6 @@ export const PLUGINS: Record<string, () => Promise<Plugin<BaseNetConf>>> = {
   'traffic-accounting': async () => (await import('../plugins/traffic-accounting/index.js')).default as unknown as Plugin<BaseNetConf>,
   dnsname: async () => (await import('../plugins/dnsname/index.js')).default as unknown as Plugin<BaseNetConf>,
   firewall: async () => (await import('../plugins/firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
+  portmap: async () => (await import('../plugins/portmap/index.js')).default as unknown as Plugin<BaseNetConf>,
   'aos-firewall': async () => (await import('../plugins/aos-firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
 };
