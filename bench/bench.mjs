@@ -188,6 +188,26 @@ const t0 = process.hrtime.bigint();
   row('bandwidth ADD (ingress + egress)', median(bwRuns.ours.add), median(bwRuns.ref.add), minusNode(median(bwRuns.ours.add)));
   row('bandwidth DEL', median(bwRuns.ours.del), median(bwRuns.ref.del), minusNode(median(bwRuns.ours.del)));
 
+  // portmap: ADD then DEL of three published ports (tcp, udp, one on a host
+  // address) for a container on a bridge of the bench host, ours vs the reference.
+  ip('netns', 'exec', H, 'ip', 'link', 'add', 'pm-bench', 'type', 'bridge');
+  ip('netns', 'exec', H, 'ip', 'addr', 'add', '10.235.0.1/16', 'dev', 'pm-bench');
+  ip('netns', 'exec', H, 'ip', 'link', 'set', 'pm-bench', 'up');
+  const pmRuns = { ours: { add: [], del: [] }, ref: { add: [], del: [] } };
+  for (let i = 0; i < RUNS; i++) {
+    for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) {
+      const dir = who === 'ours' ? OURS : REF;
+      const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'pm-bench' }, { name: 'eth0', sandbox: '/var/run/netns/x' }], ips: [{ address: `10.235.${i}.${who === 'ours' ? 2 : 3}/16`, interface: 1, gateway: '10.235.0.1' }] };
+      const c = JSON.stringify({ cniVersion: '1.0.0', name: 'pmbench', type: 'portmap', capabilities: { portMappings: true }, prevResult: prev,
+        runtimeConfig: { portMappings: [{ hostPort: 30000 + i, containerPort: 80, protocol: 'tcp' }, { hostPort: 31000 + i, containerPort: 53, protocol: 'udp' }, { hostPort: 32000 + i, containerPort: 80, protocol: 'tcp', hostIP: '10.235.0.1' }] } });
+      const env = { ...fwEnv(`pm${who}${i}`), CNI_PATH: dir };
+      pmRuns[who].add.push(timed(nsenter([join(dir, 'portmap')]), { ...env, CNI_COMMAND: 'ADD' }, c));
+      pmRuns[who].del.push(timed(nsenter([join(dir, 'portmap')]), { ...env, CNI_COMMAND: 'DEL' }, c));
+    }
+  }
+  row('portmap ADD (3 mappings)', median(pmRuns.ours.add), median(pmRuns.ref.add), minusNode(median(pmRuns.ours.add)));
+  row('portmap DEL', median(pmRuns.ours.del), median(pmRuns.ref.del), minusNode(median(pmRuns.ours.del)));
+
   // The full Aos chain through cni-manager: our plugins, and the reference
   // plugins where they exist (bridge, host-local, dnsname, bandwidth; ours for
   // aos-firewall and traffic-accounting, which have no reference).
