@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { CniError, ErrorCode } from './errors.js';
 import { compareVersions, isSupported, SUPPORTED_VERSIONS, type CniVersion } from './version.js';
 import { obj, describeZodError } from './schema.js';
+import { isCidr, isIP } from '../ip/index.js';
 
 /**
  * One in-memory shape for results of every version (a superset of 1.1.0);
@@ -19,8 +20,9 @@ const interfaceSchema = obj({
 const ipSchema = obj({
   version: z.enum(['4', '6']).optional(),
   interface: z.number().int().nonnegative().optional(),
-  address: z.string(),
-  gateway: z.string().optional(),
+  // Checked here so no plugin ever builds a rule or route from a bad address.
+  address: z.string().refine(isCidr, 'must be an address with its prefix, like 10.0.0.2/24'),
+  gateway: z.string().refine(isIP, 'must be an IP address').optional(),
 });
 const routeSchema = obj({
   dst: z.string(),

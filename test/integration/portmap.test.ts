@@ -184,7 +184,7 @@ describe('portmap', () => {
     const conf = { cniVersion: '1.0.0', name: 'pm6', type: 'bridge', bridge: 'pm6br', isGateway: true, ipam: { type: 'host-local', ranges: [[{ subnet: '10.71.0.0/24' }], [{ subnet: 'fd71::/64' }]], dataDir: join(sb.dir, 'ipam') } };
     const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'c6', netns: c.path }, conf);
     expect(b.code, b.stdout).toBe(0);
-    const pm = { ...pmConf(b.result ?? b.json), name: 'pm6', prevResult: b.json };
+    const pm = { ...pmConf(b.json), name: 'pm6' };
     expect(sb.plugin(PORTMAP, { command: 'ADD', containerId: 'c6', netns: c.path }, pm).code).toBe(0);
     const v6 = nat(sb, 'ip6tables-save');
     const ip6 = (b.json.ips as { address: string }[]).find((i) => i.address.includes(':'))!.address.split('/')[0];
