@@ -51,7 +51,7 @@ unit: build
 integration: build $(CNITOOL)
 	$(VITEST) run test/integration
 
-bench: build
+bench: build $(CNITOOL)
 	node bench/bench.mjs
 
 demo: build

