@@ -2,7 +2,7 @@
 # and offline once installed).
 DESTDIR ?= /opt/cni/bin
 BIN := bin/cni-ts
-PLUGINS := bridge host-local firewall aos-firewall dnsname bandwidth traffic-accounting portmap
+PLUGINS := bridge host-local firewall aos-firewall dnsname bandwidth traffic-accounting portmap tuning loopback
 SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs package-lock.json
 CNITOOL := test/tools/cnitool/cnitool
 

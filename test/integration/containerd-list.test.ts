@@ -59,12 +59,15 @@ describe("containerd's default network lists through libcni", () => {
     expect(cnitool(['check', 'containerd-net', c.path], env).code).toBe(0);
     expect(cnitool(['check', 'cni-loopback', c.path], { CNI_IFNAME: 'lo' }).code).toBe(0);
 
-    // containerd DELs after the sandbox is gone too: remove the namespace first.
+    // containerd DELs after the sandbox is gone too: stop what runs in it and remove the namespace first.
+    net.stop();
     sb.removeContainer(c.name);
     const del = cnitool(['del', 'containerd-net', c.path], env);
     expect(del.code, del.stderr).toBe(0);
     expect(cnitool(['del', 'cni-loopback', c.path], { CNI_IFNAME: 'lo' }).code).toBe(0);
     expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).not.toMatch(/CNI-DN-|:CNI-[0-9a-f]/);
+    // The kernel removes the host end of the veth with the namespace, asynchronously.
+    for (let i = 0; i < 50 && sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim() !== ''; i++) await new Promise((r) => setTimeout(r, 100));
     expect(sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim()).toBe('');
     expect(readdirSync(join(sb.dir, 'ipam', 'containerd-net')).filter((f) => /^\d|:/.test(f))).toEqual([]);
     expect(existsSync(join(sb.dir, 'cache', 'results')) ? readdirSync(join(sb.dir, 'cache', 'results')) : []).toEqual([]);

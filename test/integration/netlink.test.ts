@@ -95,6 +95,20 @@ describe('lib/netlink in real namespaces', () => {
     expect(readSysctl('net.ipv4.conf.all.forwarding')).toBe(host); // the test's own namespace is untouched
   });
 
+  it('sets and clears all-multicast and the transmit queue length', async () => {
+    const vb = (await rb.linkByName('vb'))!;
+    await rb.setAllmulti(vb.index, true);
+    await rb.setTxqlen(vb.index, 321);
+    expect(await rb.linkByIndex(vb.index)).toMatchObject({ allmulti: true, txqlen: 321 });
+    const [shown] = JSON.parse(ipIn(B, '-j', 'link', 'show', 'vb'));
+    expect(shown.flags).toContain('ALLMULTI');
+    expect(shown.txqlen).toBe(321);
+    await rb.setAllmulti(vb.index, false);
+    await rb.setTxqlen(vb.index, 0);
+    expect(await rb.linkByIndex(vb.index)).toMatchObject({ allmulti: false, txqlen: 0 });
+    expect(JSON.parse(ipIn(B, '-j', 'link', 'show', 'vb'))[0].flags).not.toContain('ALLMULTI');
+  });
+
   it('VLAN links: created where the kernel has 802.1Q, a clear errno otherwise', async () => {
     const va = (await ra.linkByName('va'))!;
     try {

@@ -1,0 +1,115 @@
+import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { z } from 'zod';
+import { obj } from '../../lib/cni/schema.js';
+import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+
+/**
+ * The originals an ADD changed, kept until DEL puts them back. The fields
+ * are the reference's (`mac`, `promisc`, `mtu`, `allmulti`, `txQLen`), so
+ * each side can read the other's file; `sysctl` (path below /proc/sys →
+ * old value) and the attachment's ids are ours.
+ */
+export const savedSchema = obj({
+  containerID: z.string().optional(),
+  ifname: z.string().optional(),
+  mac: z.string().optional(),
+  promisc: z.boolean().optional(),
+  mtu: z.number().int().optional(),
+  allmulti: z.boolean().optional(),
+  txQLen: z.number().int().optional(),
+  sysctl: z.record(z.string(), z.string()).optional(),
+});
+export type Saved = z.output<typeof savedSchema>;
+
+/**
+ * The reference's file name, so either plugin's DEL restores the other's ADD
+ * (a suite swapped under running containers still cleans up). The name alone
+ * can collide (`a_b` + `c` and `a` + `b_c`): the ids inside decide.
+ */
+export function backupFile(dataDir: string, containerID: string, ifname: string): string {
+  return join(dataDir, `${containerID}_${ifname}.json`);
+}
+
+/** Missing → undefined; unreadable or not ours (corrupt JSON) → `null`, to be removed. */
+export function readSaved(file: string): Saved | null | undefined {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new CniError(ErrorCode.IOFailure, `failed to read ${file}`, String(err));
+  }
+  try {
+    const parsed = savedSchema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Written whole or not at all (temp file + rename), readable by root only. */
+export function writeSaved(file: string, saved: Saved): void {
+  try {
+    mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(saved, null, 1)}\n`, { mode: 0o600 });
+    renameSync(tmp, file);
+  } catch (err) {
+    throw new CniError(ErrorCode.IOFailure, `failed to save the original settings to ${file}`, String(err));
+  }
+}
+
+export function removeSaved(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new CniError(ErrorCode.IOFailure, `failed to remove ${file}`, String(err));
+  }
+}
+
+/** Our files in dataDir with the attachment they belong to (for GC). */
+export function listSaved(dataDir: string): { file: string; containerID: string; ifname: string }[] {
+  let names: string[];
+  try {
+    names = readdirSync(dataDir);
+  } catch {
+    return [];
+  }
+  const out = [];
+  for (const name of names.filter((n) => n.endsWith('.json'))) {
+    const file = join(dataDir, name);
+    let saved: Saved | null | undefined;
+    try {
+      saved = readSaved(file);
+    } catch {
+      continue; // unreadable: GC goes on past errors
+    }
+    if (saved?.containerID && saved.ifname) out.push({ file, containerID: saved.containerID, ifname: saved.ifname });
+  }
+  return out;
+}
+
+/**
+ * Temp files a SIGKILLed writeSaved left behind (`<file>.<pid>.tmp`): those
+ * of `keep(jsonName)` false. DEL passes its own file, GC every valid one.
+ */
+export function removeTemps(dataDir: string, keep: (jsonName: string) => boolean): void {
+  let names: string[];
+  try {
+    names = readdirSync(dataDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^(.+\.json)\.\d+\.tmp$/.exec(name);
+    if (!m || keep(m[1])) continue;
+    try {
+      unlinkSync(join(dataDir, name));
+    } catch {
+      // gone already
+    }
+  }
+}
+
+export const jsonName = (file: string) => basename(file);
