@@ -56,6 +56,11 @@ async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolea
     if (!br) throw new CniError(ErrorCode.KernelRefused, `bridge ${cfg.bridge} vanished after creation`);
   }
   if (br.kind !== 'bridge') throw new CniError(ErrorCode.InvalidNetworkConfig, `${cfg.bridge} already exists but is not a bridge`);
+  // Pin the bridge's MAC (the kernel then marks it as set, addr_assign_type 3):
+  // otherwise a bridge takes the lowest MAC of its ports and changes it when
+  // that container leaves, and every other container's ARP entry for the
+  // gateway goes stale. The reference does the same.
+  await host.setMac(br.index, br.mac);
   if (cfg.promiscMode && !br.promisc) await host.setPromisc(br.index, true);
   if (!br.up) await host.setUp(br.index);
   if (vlanFiltering && !cfg.preserveDefaultVlan) {
@@ -124,10 +129,12 @@ async function add(ctx: Ctx): Promise<Result> {
   let vethCreated = false;
   let ipamDone = false;
   try {
-    trace('sockets open');
+    trace('bridge: sockets open');
     const br = await ensureBridge(host, cfg, vlanFiltering);
+    trace('bridge: bridge ready');
     const { hostName } = await createVeth(host, cont, netns, ctx.env.ifname, cfg.mtu, requestedMac(ctx), hostNsFd);
     vethCreated = true;
+    trace('bridge: veth created');
     const hostVeth = await host.linkByName(hostName);
     const contLink = await cont.linkByName(ctx.env.ifname);
     if (!hostVeth || !contLink) throw new CniError(ErrorCode.KernelRefused, 'veth pair not found after creation');
@@ -141,11 +148,11 @@ async function add(ctx: Ctx): Promise<Result> {
       throw kernel(`failed to attach ${hostName} to ${cfg.bridge}`, err);
     }
 
-    trace('veth ready');
+    trace('bridge: veth attached');
     // Addresses come from the IPAM plugin, run as a runtime would.
     const ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
     ipamDone = true;
-    trace('ipam done');
+    trace('bridge: ipam done');
     if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
 
     const result: Result = {
@@ -182,6 +189,7 @@ async function add(ctx: Ctx): Promise<Result> {
     try {
       for (const ip of result.ips) await cont.addAddress(contLink.index, ip.address, { noDad: !cfg.enabledad });
       if (!cfg.disableContainerInterface) await cont.setUp(contLink.index);
+      trace('bridge: addresses set');
       if (!cfg.disableContainerInterface) {
         for (const r of result.routes) {
           const fam = r.dst.includes(':') ? 6 : 4;
@@ -197,7 +205,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw kernel(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
     }
 
-    trace('container configured');
+    trace('bridge: routes set');
     if (isGateway) {
       for (const ip of result.ips) {
         if (!ip.gateway) continue;
@@ -207,10 +215,10 @@ async function add(ctx: Ctx): Promise<Result> {
       if (hasV4(result)) writeSysctl('net.ipv4.ip_forward', '1');
       if (hasV6) writeSysctl('net.ipv6.conf.all.forwarding', '1');
     }
-    trace('gateway configured');
+    trace('bridge: gateway configured');
     if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address), masqRestore);
 
-    trace('masq done');
+    trace('bridge: masq done');
     // The bridge's MAC may change as ports join: report what it is now.
     const brNow = await host.linkByIndex(br.index);
     if (brNow) result.interfaces[0].mac = brNow.mac;
@@ -242,7 +250,7 @@ async function del(ctx: Ctx): Promise<void> {
   if (cfg.ipam?.type) {
     await delegate({ command: 'DEL', type: cfg.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(toCniError(e)));
   }
-  trace('ipam released');
+  trace('bridge: ipam released');
   const netns = ctx.env.netns ? Netns.tryOpen(ctx.env.netns) : undefined;
   // The container's addresses let the NAT teardown delete exact rules.
   const known = new Set((ctx.prevResult?.ips ?? []).map((ip) => ip.address));
@@ -252,7 +260,7 @@ async function del(ctx: Ctx): Promise<void> {
       const l = await cont.linkByName(ctx.env.ifname);
       if (l) {
         if (cfg.ipMasq) for (const a of await cont.addresses(l.index).catch(() => [])) if (a.family === 4 || !a.ip.startsWith('fe80:')) known.add(a.cidr);
-        trace('addresses read');
+        trace('bridge: addresses read');
         await cont.deleteLink(l.index).catch((e) => {
           if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
         });
@@ -262,7 +270,7 @@ async function del(ctx: Ctx): Promise<void> {
       netns.close();
     }
   }
-  trace('link deleted');
+  trace('bridge: link deleted');
   if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx), [...known]).catch((e) => errors.push(toCniError(e)));
   if (errors.length) throw errors[0];
 }

@@ -5,7 +5,8 @@ import { netConf } from '../../lib/cni/schema.js';
 export const chainNameSchema = z.string().min(1).max(28).regex(/^[A-Za-z0-9_.:-]+$/, 'not a valid iptables chain name');
 
 export const firewallConfig = netConf({
-  backend: z.enum(['iptables', 'firewalld']).optional(),
+  // podman 4 writes "backend": "" — empty means the default (iptables), as in the reference.
+  backend: z.enum(['', 'iptables', 'firewalld']).optional(),
   iptablesAdminChainName: chainNameSchema.optional(),
   ingressPolicy: z.enum(['', 'open', 'same-bridge', 'isolated']).optional(),
   firewalldZone: z.string().optional(),

@@ -50,6 +50,24 @@ describe('bridge + host-local in real namespaces', () => {
     expect(natChains()).toHaveLength(1);
   });
 
+  it("pins the bridge's MAC, so a container leaving does not change the gateway's MAC under the others", () => {
+    const ids = ['m1', 'm2', 'm3'];
+    const adds = ids.map((id) => {
+      const c = sb.container();
+      const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: id, netns: c.path }, netconf());
+      expect(r.code, r.stdout).toBe(0);
+      return { c, r };
+    });
+    expect(sb.inHost(['cat', '/sys/class/net/cnitest0/addr_assign_type']).stdout.trim()).toBe('3'); // NET_ADDR_SET
+    const mac = () => sb.inHost(['cat', '/sys/class/net/cnitest0/address']).stdout.trim();
+    const before = mac();
+    expect(adds.every(({ r }) => r.json.interfaces[0].mac === before)).toBe(true);
+    for (const [i, { c, r }] of adds.entries()) {
+      expect(sb.plugin(BRIDGE, { command: 'DEL', containerId: ids[i], netns: c.path }, { ...netconf(), prevResult: r.json }).code).toBe(0);
+      expect(mac()).toBe(before);
+    }
+  });
+
   it('CHECK passes, then fails once the address or the route is removed by hand', () => {
     const c = sb.container();
     const conf = netconf();

@@ -37,7 +37,7 @@ describe('firewall (reference semantics)', () => {
   it('lets the container through a DROP FORWARD policy with the reference chains; DEL closes it again', async () => {
     must(['ip', 'netns', 'exec', sb.host, 'iptables', '-P', 'FORWARD', 'DROP']);
     const a = attach('a1', 'fwa0', '10.62.1.0/24');
-    const b = attach('b1', 'fwb0', '10.62.2.0/24');
+    const b = attach('b1', 'fwb0', '10.62.2.0/24', { backend: '' }); // as podman 4 writes it: empty = iptables
     await net.serve(b.ns, [7000]);
     expect(net.reach(a.ns, b.ip, 7000)).toBe(true);
     const rules = filter();
