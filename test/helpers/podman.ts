@@ -1,0 +1,503 @@
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync,
+  realpathSync, rmSync, rmdirSync, symlinkSync, writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+
+/**
+ * Real podman (Debian's 4.3, CNI backend, runc) against a plugin directory, on
+ * the machine's own network namespace — podman has no other — but with every
+ * file podman itself writes kept in one temp dir:
+ *
+ *   CONTAINERS_CONF         the only containers.conf read (the machine's
+ *                           /etc/containers and /usr/share/containers ones are
+ *                           then ignored): network_config_dir, tmp_dir,
+ *                           volume_path, image_copy_tmp_dir, lock_type "file"
+ *                           (else /dev/shm/libpod_lock), and runc through a
+ *                           wrapper adding --root <dir>/runc (else /run/runc;
+ *                           podman's --runtime-flag is not passed on to the
+ *                           `podman container cleanup` conmon runs on exit).
+ *                           Also pinned: runtime "runc" (Debian's podman
+ *                           defaults to crun, not installed), cgroup_manager
+ *                           "cgroupfs" and events_logger "file" (what podman
+ *                           picks itself without systemd; pinned so a machine
+ *                           with systemd/journald behaves the same), and
+ *                           default_ulimits (see hardLimits()).
+ *   CONTAINERS_STORAGE_CONF graphroot, runroot (driver vfs: mounts nothing;
+ *                           --rootfs containers use no image layers anyway).
+ *
+ * What stays outside, because neither podman 4.3 nor the plugins' configs as
+ * podman writes them let it move (cleanup removes exactly this test's entries):
+ *   /var/lib/cni/results/<net>-<id>-<if>   libcni's cache (libnetwork calls
+ *                                          libcni.NewCNIConfig: default dir)
+ *   /var/lib/cni/networks/<net>            host-local's default dataDir
+ *   /run/containers/cni/dnsname/<net>      dnsname's files (podman, and the
+ *                                          cleanup conmon starts, hand plugins
+ *                                          an empty XDG_RUNTIME_DIR as root)
+ *   /run/netns/netns-<uuid>                podman's netns (root: fixed dir)
+ *   /sys/fs/cgroup/<c>/libpod_parent/…     cgroupfs manager's cgroups
+ *   the bridge, iptables chains, net.ipv4.ip_forward
+ */
+
+export const REFERENCE = '/usr/lib/cni';
+/** Every plugin podman 4.3 names in the list it writes (bridge+host-local, portmap, firewall, tuning, dnsname), and loopback. */
+export const PODMAN_PLUGINS = ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'dnsname', 'loopback'];
+export const APPLETS = ['sh', 'ping', 'wget', 'nc', 'httpd', 'nslookup', 'hostname', 'ip', 'cat', 'sleep', 'true', 'timeout', 'ls', 'grep'];
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function run(argv: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; input?: string } = {}): Run {
+  const r = spawnSync(argv[0], argv.slice(1), {
+    encoding: 'utf8', env: opts.env ?? process.env, timeout: opts.timeoutMs ?? 60_000, input: opts.input, killSignal: 'SIGKILL',
+  });
+  const timedOut = r.error && (r.error as NodeJS.ErrnoException).code === 'ETIMEDOUT' ? ` (timed out after ${opts.timeoutMs ?? 60_000} ms)` : '';
+  return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + timedOut };
+}
+
+/**
+ * Fills `target` with one entry per plugin name: from `source` when it has
+ * that plugin, else from the reference (listed in `borrowed`). Plugins of
+ * `source` other than the reference are copied (one copy per binary they
+ * resolve to, the names linked to it) and each copy must answer VERSION, so a
+ * rebuild of bin/ during the test cannot hand podman a half-written file
+ * ("text file busy"). `copy` also copies reference binaries instead of
+ * linking them (needed when `target` is later bind-mounted over
+ * /usr/lib/cni, where a link back there would point at itself).
+ */
+export function pluginDir(target: string, source: string, names: string[], copy = false): { borrowed: string[] } {
+  mkdirSync(join(target, '.bin'), { recursive: true });
+  const borrowed: string[] = [];
+  const copies = new Map<string, string>();
+  const snapshot = (real: string, name: string) => {
+    let dest = copies.get(real);
+    if (!dest) {
+      dest = join(target, '.bin', basename(real));
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        copyFileSync(real, dest);
+        chmodSync(dest, 0o755);
+        const probe = join(target, '.bin', name);
+        const link = probe !== dest;
+        if (link) symlinkSync(basename(real), probe);
+        const v = spawnSync(probe, [], { env: { PATH: process.env.PATH, CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
+        if (link) rmSync(probe, { force: true });
+        if (v.status === 0 && v.stdout.includes('supportedVersions')) break;
+        if (Date.now() > deadline) throw new Error(`${real} (as ${name}) does not answer VERSION: ${v.stderr}${v.error ?? ''}`);
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+      }
+      copies.set(real, dest);
+    }
+    symlinkSync(dest, join(target, name));
+  };
+  for (const name of names) {
+    const own = join(source, name);
+    if (existsSync(own) && realpathSync(source) !== realpathSync(REFERENCE)) {
+      snapshot(realpathSync(own), name);
+      continue;
+    }
+    if (existsSync(own)) {
+      if (copy) copyFileSync(own, join(target, name));
+      else symlinkSync(own, join(target, name));
+      continue;
+    }
+    borrowed.push(name);
+    if (copy) copyFileSync(join(REFERENCE, name), join(target, name));
+    else symlinkSync(join(REFERENCE, name), join(target, name));
+  }
+  return { borrowed };
+}
+
+/** A root filesystem for `--rootfs`: Debian's static busybox as /bin/busybox and one link per applet. */
+export function buildRootfs(dir: string, applets = APPLETS): void {
+  for (const d of ['bin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'www', 'run']) mkdirSync(join(dir, d), { recursive: true });
+  copyFileSync('/bin/busybox', join(dir, 'bin/busybox'));
+  chmodSync(join(dir, 'bin/busybox'), 0o755);
+  for (const a of applets) symlinkSync('busybox', join(dir, 'bin', a));
+  writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/:/bin/sh\n');
+  writeFileSync(join(dir, 'etc/group'), 'root:x:0:\n');
+}
+
+/**
+ * Ulimits runc can actually apply here. Without default_ulimits, podman 4.3
+ * asks runc for nofile and nproc 1048576 (root's defaults), above the hard
+ * limits, and raising a hard limit needs CAP_SYS_RESOURCE, which this
+ * machine's bounding set lacks: runc fails with "error setting rlimit type 7
+ * (then 6): operation not permitted". nofile: the hard limit (20000 here).
+ * nproc: podman lowers its own RLIMIT_NPROC (hard included) to
+ * kernel.pid_max (32768 here) when it loads its config, so conmon and runc
+ * inherit that, not the shell's 96365.
+ */
+export function hardLimits(): { nofile: number; nproc: number } {
+  const text = readFileSync('/proc/self/limits', 'utf8');
+  const hard = (label: string, fallback: number) => {
+    const m = text.match(new RegExp(`^${label}\\s+\\S+\\s+(\\S+)`, 'm'));
+    return m && m[1] !== 'unlimited' ? Number(m[1]) : fallback;
+  };
+  let pidMax = 4194304;
+  try {
+    pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim()) || pidMax;
+  } catch {
+    // keep the default
+  }
+  return { nofile: hard('Max open files', 1048576), nproc: Math.min(hard('Max processes', 4194304), pidMax) };
+}
+
+/** sha256 over every path, mode and content (or link target) below the given roots; missing roots count as such. */
+export function treeHash(roots: string[]): string {
+  const h = createHash('sha256');
+  const walk = (p: string) => {
+    let st;
+    try {
+      st = lstatSync(p);
+    } catch {
+      h.update(`${p}\0missing\0`);
+      return;
+    }
+    h.update(`${p}\0${st.mode}\0`);
+    if (st.isSymbolicLink()) h.update(readlinkSync(p));
+    else if (st.isDirectory()) for (const e of readdirSync(p).sort()) walk(join(p, e));
+    else if (st.isFile()) h.update(readFileSync(p));
+  };
+  for (const r of roots) walk(r);
+  return h.digest('hex');
+}
+
+const IPT = [['iptables-save', 'iptables-restore'], ['ip6tables-save', 'ip6tables-restore']] as const;
+export type IptablesState = Record<string, string>;
+
+/** iptables-save and ip6tables-save (keyed by the command), without comments and counters. */
+export function iptablesState(): IptablesState {
+  return Object.fromEntries(IPT.map(([save]) => [save, normalizeSave(run([save]).stdout)]));
+}
+
+function normalizeSave(text: string): string {
+  return text.split('\n').filter((l) => !l.startsWith('#')).map((l) => l.replace(/ \[\d+:\d+\]$/, ' [0:0]')).join('\n');
+}
+
+function tables(text: string): Map<string, { chains: string[]; rules: string[] }> {
+  const out = new Map<string, { chains: string[]; rules: string[] }>();
+  let cur: { chains: string[]; rules: string[] } | undefined;
+  for (const l of text.split('\n')) {
+    if (l.startsWith('*')) out.set(l.slice(1), (cur = { chains: [], rules: [] }));
+    else if (cur && l.startsWith(':')) cur.chains.push(l.slice(1).split(' ')[0]);
+    else if (cur && l.startsWith('-A ')) cur.rules.push(l);
+  }
+  return out;
+}
+
+export interface IptablesAdded {
+  /** [save command, table, rule as saved] */
+  rules: [string, string, string][];
+  /** [save command, table, chain] */
+  chains: [string, string, string][];
+}
+
+/**
+ * What CNI plugins added to the machine's iptables since `before`: CNI-*
+ * chains that are new, and new rules that are in a CNI-* chain, jump to one,
+ * or name one of `bridges`.
+ */
+export function iptablesAdded(before: IptablesState, bridges: string[]): IptablesAdded {
+  const added: IptablesAdded = { rules: [], chains: [] };
+  const now = iptablesState();
+  for (const [save] of IPT) {
+    const old = tables(before[save] ?? '');
+    for (const [table, t] of tables(now[save])) {
+      const o = old.get(table) ?? { chains: [], rules: [] };
+      for (const c of t.chains) if (c.startsWith('CNI-') && !o.chains.includes(c)) added.chains.push([save, table, c]);
+      for (const r of t.rules) {
+        if (o.rules.includes(r)) continue;
+        const chain = r.split(' ')[1];
+        if (chain.startsWith('CNI-') || / -j CNI-/.test(r) || bridges.some((b) => r.includes(` ${b} `))) added.rules.push([save, table, r]);
+      }
+    }
+  }
+  return added;
+}
+
+/** Removes what iptablesAdded() reports, with one (ip6)iptables-restore --noflush per family. */
+export function iptablesRestore(before: IptablesState, bridges: string[]): void {
+  const { rules, chains } = iptablesAdded(before, bridges);
+  for (const [save, restore] of IPT) {
+    const byTable = new Map<string, string[]>();
+    const add = (table: string, line: string) => byTable.set(table, [...(byTable.get(table) ?? []), line]);
+    const fresh = chains.filter(([s]) => s === save);
+    for (const [s, table, r] of rules) {
+      if (s !== save) continue;
+      const chain = r.split(' ')[1];
+      if (fresh.some(([, t, c]) => t === table && c === chain)) continue; // flushed below
+      add(table, `-D ${r.slice(3)}`);
+    }
+    for (const [, table, c] of fresh) add(table, `-F ${c}`);
+    for (const [, table, c] of fresh) add(table, `-X ${c}`);
+    if (byTable.size === 0) continue;
+    const input = [...byTable].map(([t, lines]) => `*${t}\n${lines.join('\n')}\nCOMMIT\n`).join('');
+    run([restore, '--noflush', '-w'], { input });
+  }
+}
+
+export interface PodmanNetwork {
+  name: string;
+  subnet: string;
+  gateway: string;
+  bridge: string;
+  conflist: any;
+}
+
+let counter = 0;
+
+export class Podman {
+  readonly tag: string;
+  readonly dir: string;
+  readonly rootfs: string;
+  readonly plugins: string;
+  readonly borrowed: string[];
+  readonly env: NodeJS.ProcessEnv;
+  readonly networks: PodmanNetwork[] = [];
+  readonly containers = new Set<string>();
+  readonly sandboxes = new Set<string>();
+  private readonly cgroupsBefore: Set<string>;
+
+  /** `source`: the plugin directory under test; plugins it lacks come from the reference. */
+  constructor(tag: string, source: string) {
+    this.tag = `cnits-${tag}-${process.pid}-${++counter}`;
+    // Short on purpose: conmon's exit command (`podman container cleanup`)
+    // gets the runroot as --runroot, and podman refuses one longer than 50
+    // characters ("the specified runroot is longer than 50 characters"), so
+    // a container that exits by itself would never be cleaned up.
+    this.dir = mkdtempSync(join(tmpdir(), 'cnits-pm-'));
+    if (join(this.dir, 'runroot').length > 50) {
+      rmSync(this.dir, { recursive: true, force: true });
+      throw new Error(`${this.dir}/runroot is longer than podman's 50-character limit for --runroot: set TMPDIR to a shorter directory`);
+    }
+    this.cgroupsBefore = new Set(libpodCgroups());
+    this.rootfs = join(this.dir, 'rootfs');
+    this.plugins = join(this.dir, 'plugins');
+    try {
+      buildRootfs(this.rootfs);
+      this.borrowed = pluginDir(this.plugins, source, PODMAN_PLUGINS).borrowed;
+    } catch (e) {
+      rmSync(this.dir, { recursive: true, force: true });
+      throw e;
+    }
+    for (const d of ['net', 'tmp', 'volumes', 'root', 'runroot', 'runc', 'home']) mkdirSync(join(this.dir, d));
+    const wrapper = join(this.dir, 'runc-wrapper');
+    writeFileSync(wrapper, `#!/bin/sh\nexec /usr/bin/runc --root ${JSON.stringify(join(this.dir, 'runc'))} "$@"\n`, { mode: 0o755 });
+    const { nofile, nproc } = hardLimits();
+    const q = JSON.stringify;
+    writeFileSync(join(this.dir, 'containers.conf'), [
+      '[containers]',
+      `default_ulimits = [${q(`nofile=${nofile}:${nofile}`)}, ${q(`nproc=${nproc}:${nproc}`)}]`,
+      '[network]',
+      'network_backend = "cni"',
+      `cni_plugin_dirs = [${q(this.plugins)}]`,
+      `network_config_dir = ${q(join(this.dir, 'net'))}`,
+      '[engine]',
+      'runtime = "runc"',
+      'cgroup_manager = "cgroupfs"',
+      'events_logger = "file"',
+      'lock_type = "file"',
+      `tmp_dir = ${q(join(this.dir, 'tmp'))}`,
+      `volume_path = ${q(join(this.dir, 'volumes'))}`,
+      `image_copy_tmp_dir = ${q(join(this.dir, 'tmp'))}`,
+      '[engine.runtimes]',
+      `runc = [${q(wrapper)}]`,
+      '',
+    ].join('\n'));
+    writeFileSync(join(this.dir, 'storage.conf'), [
+      '[storage]',
+      'driver = "vfs"',
+      `graphroot = ${q(join(this.dir, 'root'))}`,
+      `runroot = ${q(join(this.dir, 'runroot'))}`,
+      '',
+    ].join('\n'));
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+      HOME: join(this.dir, 'home'),
+      CONTAINERS_CONF: join(this.dir, 'containers.conf'),
+      CONTAINERS_STORAGE_CONF: join(this.dir, 'storage.conf'),
+    };
+    this.env = env;
+  }
+
+  podman(args: string[], timeoutMs = 60_000): Run {
+    return run(['podman', ...args], { env: this.env, timeoutMs });
+  }
+
+  must(args: string[], timeoutMs = 60_000): string {
+    const r = this.podman(args, timeoutMs);
+    if (r.code !== 0) throw new Error(`podman ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+    return r.stdout;
+  }
+
+  /**
+   * `podman network create --subnet 10.<b>.<c>.0/24 <name>`, trying further
+   * third octets when podman reports the subnet in use. podman 4.3 picks the
+   * bridge itself (cni-podmanN, the first name no network and no live link has).
+   */
+  createNetwork(name: string, second: number, third: number): PodmanNetwork {
+    let last = '';
+    for (let i = 0; i < 20; i++) {
+      const subnet = `10.${second}.${(third + i) % 250}.0/24`;
+      const r = this.podman(['network', 'create', '--subnet', subnet, name]);
+      if (r.code === 0) {
+        const info = JSON.parse(this.must(['network', 'inspect', name]))[0];
+        const net: PodmanNetwork = {
+          name, subnet, gateway: info.subnets[0].gateway, bridge: info.network_interface,
+          conflist: JSON.parse(readFileSync(join(this.dir, 'net', `${name}.conflist`), 'utf8')),
+        };
+        this.networks.push(net);
+        return net;
+      }
+      last = r.stderr;
+      if (!/already (used|in use)/.test(r.stderr)) break;
+    }
+    throw new Error(`podman network create ${name} failed: ${last}`);
+  }
+
+  /** Records a container (id or name) for cleanup, with its netns path. */
+  track(nameOrId: string): string {
+    const r = this.podman(['inspect', '--format', '{{.Id}} {{.NetworkSettings.SandboxKey}}', nameOrId]);
+    const [id, sandbox] = r.stdout.trim().split(' ');
+    if (id) this.containers.add(id);
+    if (sandbox) this.sandboxes.add(sandbox);
+    return id;
+  }
+
+  /** Removes everything this instance created; safe to call after any failure, and twice. */
+  cleanup(): void {
+    this.podman(['rm', '--all', '--force', '--time', '0'], 60_000);
+    for (const n of this.networks) this.podman(['network', 'rm', '--force', n.name]);
+    this.killStrays();
+    for (const n of this.networks) {
+      if (existsSync(`/sys/class/net/${n.bridge}`)) run(['ip', 'link', 'del', n.bridge]);
+      rmSync(join('/var/lib/cni/networks', n.name), { recursive: true, force: true });
+      rmSync(join('/run/containers/cni/dnsname', n.name), { recursive: true, force: true });
+      for (const f of safeList('/var/lib/cni/results')) if (f.startsWith(`${n.name}-`)) rmSync(join('/var/lib/cni/results', f), { force: true });
+    }
+    for (const s of this.sandboxes) {
+      if (!s.startsWith('/run/netns/netns-') || !existsSync(s)) continue;
+      run(['umount', s]);
+      rmSync(s, { force: true });
+    }
+    // The container's cgroups (cgroupfs manager) and conmon's; a killed
+    // conmon or `podman container cleanup` may take a moment to leave.
+    const deadline = Date.now() + 3000;
+    for (;;) {
+      let busy = false;
+      for (const cg of libpodCgroups()) {
+        if (this.cgroupsBefore.has(cg)) continue;
+        const base = cg.split('/').pop() ?? '';
+        const ours = base === 'conmon' || base === 'libpod_parent' || [...this.containers].some((id) => base === `libpod-${id}`);
+        if (ours && !rmdirQuiet(cg)) busy = true;
+      }
+      if (!busy || Date.now() > deadline) break;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    }
+    for (const m of mountsBelow(this.dir)) run(['umount', '-l', m]);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** conmon and anything else still running with this temp dir, or this test's networks' dnsname dirs, in its command line. */
+  private killStrays(): void {
+    const marks = [`${this.dir}/`, ...this.networks.map((n) => `/dnsname/${n.name}/`)];
+    for (const name of readdirSync('/proc')) {
+      const pid = Number(name);
+      if (!Number.isInteger(pid) || pid === process.pid) continue;
+      let cmd = '';
+      try {
+        cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      } catch {
+        continue;
+      }
+      if (marks.some((m) => cmd.includes(m))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+    }
+  }
+}
+
+function safeList(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+/** false while the directory is there and cannot be removed (a cgroup with processes). */
+function rmdirQuiet(p: string): boolean {
+  try {
+    rmdirSync(p);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
+
+/** Every libpod_parent cgroup directory (deepest first) of every v1 controller and the unified hierarchy. */
+export function libpodCgroups(): string[] {
+  const out: string[] = [];
+  for (const c of safeList('/sys/fs/cgroup')) {
+    const parent = join('/sys/fs/cgroup', c, 'libpod_parent');
+    if (!existsSync(parent)) continue;
+    for (const e of safeList(parent)) {
+      const p = join(parent, e);
+      try {
+        if (lstatSync(p).isDirectory()) out.push(p);
+      } catch {
+        // gone
+      }
+    }
+    out.push(parent);
+  }
+  return out;
+}
+
+/** Mount points at or below `dir`, deepest first. */
+export function mountsBelow(dir: string): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+}
+
+/**
+ * Serialises the tests that work in the machine's own network namespace
+ * (podman, containerd: vitest runs test files in parallel, and each compares
+ * the host's links and iptables before and after). A directory is the lock;
+ * one left by a dead process is taken over. Returns the release function.
+ */
+export async function hostNetLock(timeoutMs = 110_000): Promise<() => void> {
+  const dir = '/run/lock/cnits-hostnet';
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'pid'), String(process.pid));
+      return () => rmSync(dir, { recursive: true, force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    let owner = 0;
+    try {
+      owner = Number(readFileSync(join(dir, 'pid'), 'utf8'));
+    } catch {
+      // being created or removed
+    }
+    if (owner && !existsSync(`/proc/${owner}`)) rmSync(dir, { recursive: true, force: true });
+    if (Date.now() > deadline) throw new Error(`${dir} is held by pid ${owner}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -1,0 +1,235 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  type IptablesState, REFERENCE, buildRootfs, hostNetLock, iptablesAdded, iptablesRestore, iptablesState, mountsBelow, pluginDir, run, treeHash,
+} from '../helpers/podman.js';
+import { BIN, ROOT } from '../helpers/sandbox.js';
+
+// containerd's own CLI: `ctr run --cni --rootfs <busybox> …` against a
+// containerd this test starts with its root, state and sockets in a temp dir.
+//
+// `ctr run --cni` does not take its CNI setup from the daemon: ctr itself
+// calls go-cni's New(WithDefaultConf) (cmd/ctr/commands/run/run.go), whose
+// directories are compiled in — /etc/cni/net.d (the first list found there
+// only) and the plugin dir (/opt/cni/bin upstream, /usr/lib/cni in Debian's
+// patched build) — with no flag or environment variable to change them; the
+// daemon's CRI `bin_dir`/`conf_dir` only serve CRI pods. So ctr runs here in a
+// private mount namespace (unshare --mount) in which the test's list and
+// plugins are bind-mounted over /etc/cni/net.d and /usr/lib/cni: the
+// machine's directories are never written (hashed before and after).
+//
+// ctr adds the network after creating the task, and removes it (CNI DEL) only
+// when it ran attached, after the task is gone: the DEL comes with an empty
+// CNI_NETNS. A detached (`-d`) container is never removed from the network.
+const SETS = (process.env.CNITS_CONTAINERD_PLUGIN_DIRS ?? `reference=${REFERENCE},ours=${BIN}`)
+  .split(',').map((s) => {
+    const [label, dir] = s.split('=');
+    return { label, dir };
+  });
+const PLUGINS = ['bridge', 'host-local', 'portmap', 'loopback'];
+const CACHE = '/var/lib/cni/results';
+const WATCHED = ['/etc/cni', '/usr/lib/cni', '/opt/cni'];
+const NS = 'cnits';
+
+/** The container's script: report, ping the gateway, then wait for the test to release it. */
+const CHECK = `#!/bin/sh
+ip -o link show lo
+ip -4 -o addr show dev eth0
+ip -6 -o addr show dev eth0 scope global
+ping -c 1 -W 3 "$1" >/dev/null && echo PING-OK
+echo READY
+while [ ! -e /release ]; do sleep 0.1; done
+`;
+
+/** Runs argv in a private mount namespace with `conf` over /etc/cni/net.d and `plugins` over /usr/lib/cni. */
+const NSWRAP = `#!/bin/sh
+set -e
+conf="$1"; plugins="$2"; shift 2
+mount --bind "$conf" /etc/cni/net.d
+mount --bind "$plugins" /usr/lib/cni
+exec "$@"
+`;
+
+function linkNames(): string {
+  return (JSON.parse(run(['ip', '-j', 'link', 'show']).stdout) as { ifname: string }[]).map((l) => l.ifname).sort().join(' ');
+}
+
+function sysctl(path: string): string {
+  return readFileSync(path, 'utf8');
+}
+
+describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($dir)', ({ label, dir }) => {
+  const id = `c-${process.pid}`;
+  const fullId = `${NS}-${id}`; // go-cni's container id: <namespace>-<id>
+  const third = 20 + (process.pid % 100) * 2 + (label === 'reference' ? 0 : 1);
+  const net = { name: `cnits-ctrd-${label}-${process.pid}`, bridge: `cnitsc${process.pid % 100000}${label[0]}`, gw4: `10.232.${third}.1`, subnet4: `10.232.${third}.0/24`, subnet6: `fd00:232:${third.toString(16)}::/64` };
+  let tmp = '';
+  let containerd: ChildProcess | undefined;
+  let borrowed: string[] = [];
+  let before: { ipt: IptablesState; links: string; watched: string; fwd4: string; fwd6: string; runContainerd: boolean };
+  let out = '';
+  let ctr: ChildProcess | undefined;
+  let exited: Promise<number>;
+  let unlock: (() => void) | undefined;
+
+  const sock = () => join(tmp, 'containerd.sock');
+  const ctrArgs = (...args: string[]) => ['ctr', '--address', sock(), '--namespace', NS, ...args];
+
+  beforeAll(async () => {
+    unlock = await hostNetLock();
+    before = {
+      ipt: iptablesState(), links: linkNames(),
+      watched: treeHash(WATCHED), fwd4: sysctl('/proc/sys/net/ipv4/ip_forward'), fwd6: sysctl('/proc/sys/net/ipv6/conf/all/forwarding'),
+      runContainerd: existsSync('/run/containerd'),
+    };
+    tmp = mkdtempSync(join(tmpdir(), `cnits-ctrd-${label}-`));
+    for (const d of ['root', 'state', 'opt', 'runc', 'fifo', 'net.d', 'ipam']) mkdirSync(join(tmp, d));
+    buildRootfs(join(tmp, 'rootfs'));
+    writeFileSync(join(tmp, 'rootfs/check.sh'), CHECK, { mode: 0o755 });
+    writeFileSync(join(tmp, 'nswrap.sh'), NSWRAP, { mode: 0o755 });
+    // Copies, not links: a link back into /usr/lib/cni would point at itself under the bind mount.
+    borrowed = pluginDir(join(tmp, 'plugins'), dir, PLUGINS, true).borrowed;
+    if (borrowed.length) console.log(`containerd/${label}: taken from ${REFERENCE}: ${borrowed.join(', ')}`);
+    const list = JSON.parse(readFileSync(join(ROOT, 'conf.d/50-containerd.conflist'), 'utf8'));
+    list.name = net.name;
+    Object.assign(list.plugins[0], { bridge: net.bridge });
+    list.plugins[0].ipam.ranges = [[{ subnet: net.subnet4 }], [{ subnet: net.subnet6 }]];
+    list.plugins[0].ipam.dataDir = join(tmp, 'ipam');
+    list.plugins.push({ type: 'loopback' });
+    writeFileSync(join(tmp, 'net.d', '10-containerd-net.conflist'), JSON.stringify(list, null, 2));
+    const q = JSON.stringify;
+    writeFileSync(join(tmp, 'config.toml'), [
+      'version = 2',
+      `root = ${q(join(tmp, 'root'))}`,
+      `state = ${q(join(tmp, 'state'))}`,
+      // CRI would read /etc/cni/net.d and start pods' sandboxes; the rest need hardware or are unused.
+      'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
+        + ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",'
+        + ' "io.containerd.internal.v1.tracing"]',
+      '[grpc]', `  address = ${q(sock())}`,
+      '[ttrpc]', `  address = ${q(`${sock()}.ttrpc`)}`,
+      '[debug]', `  address = ${q(join(tmp, 'debug.sock'))}`,
+      '[metrics]', '  address = ""',
+      '[plugins."io.containerd.internal.v1.opt"]', `  path = ${q(join(tmp, 'opt'))}`,
+      '',
+    ].join('\n'));
+    const log = openSync(join(tmp, 'containerd.log'), 'a');
+    containerd = spawn('containerd', ['--config', join(tmp, 'config.toml')], { stdio: ['ignore', log, log] });
+    closeSync(log);
+    const deadline = Date.now() + 20_000;
+    while (run(ctrArgs('version'), { timeoutMs: 5000 }).code !== 0) {
+      if (Date.now() > deadline || containerd.exitCode !== null) throw new Error(`containerd did not start: ${readFileSync(join(tmp, 'containerd.log'), 'utf8')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  afterAll(async () => {
+    if (!tmp) {
+      unlock?.();
+      return;
+    }
+    if (ctr && ctr.exitCode === null) {
+      writeFileSync(join(tmp, 'rootfs/release'), '');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+      ctr.kill('SIGKILL');
+    }
+    if (containerd) {
+      run(ctrArgs('task', 'kill', '--signal', 'SIGKILL', id));
+      run(ctrArgs('task', 'delete', '--force', id));
+      run(ctrArgs('container', 'delete', id));
+      containerd.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500));
+      if (containerd.exitCode === null) containerd.kill('SIGKILL');
+    }
+    // Shims and anything else started with this temp dir on its command line.
+    for (const p of readdirSync('/proc')) {
+      if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+      try {
+        if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`${tmp}/`)) process.kill(Number(p), 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+    if (existsSync(`/sys/class/net/${net.bridge}`)) run(['ip', 'link', 'del', net.bridge]);
+    for (const f of existsSync(CACHE) ? readdirSync(CACHE) : []) if (f.startsWith(`${net.name}-`)) rmSync(join(CACHE, f), { force: true });
+    iptablesRestore(before.ipt, [net.bridge]);
+    writeFileSync('/proc/sys/net/ipv4/ip_forward', before.fwd4);
+    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', before.fwd6);
+    // containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir (a constant).
+    if (!before.runContainerd) {
+      for (const d of ['/run/containerd/s', '/run/containerd/fifo', '/run/containerd']) {
+        try {
+          rmdirSync(d);
+        } catch {
+          // not empty or gone
+        }
+      }
+    }
+    for (const m of mountsBelow(tmp)) run(['umount', '-l', m]);
+    rmSync(tmp, { recursive: true, force: true });
+    unlock?.();
+  });
+
+  it('a container gets an address on the list (bridge, host-local, portmap, loopback), has lo up and reaches the gateway', async () => {
+    const argv = ['unshare', '--mount', '--propagation', 'private', '/bin/sh', join(tmp, 'nswrap.sh'), join(tmp, 'net.d'), join(tmp, 'plugins'),
+      ...ctrArgs('run', '--rm', '--cni', '--runc-root', join(tmp, 'runc'), '--fifo-dir', join(tmp, 'fifo'), '--cgroup', '', '--rootfs', join(tmp, 'rootfs'),
+        id, '/bin/sh', '/check.sh', net.gw4)];
+    ctr = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    ctr.stdout?.on('data', (b) => (out += b));
+    ctr.stderr?.on('data', (b) => (err += b));
+    exited = new Promise((res) => ctr?.on('exit', (code) => res(code ?? 1)));
+    const deadline = Date.now() + 30_000;
+    while (!out.includes('READY') && ctr.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(out, `ctr run: ${out}${err}`).toContain('READY');
+    expect(out).toMatch(/^1: lo: <LOOPBACK,UP,LOWER_UP>/m);
+    const v4 = out.match(/inet (10\.232\.\d+\.\d+)\/24/)?.[1];
+    expect(v4, out).toBeDefined();
+    expect(out).toMatch(new RegExp(`inet6 ${net.subnet6.replace('::/64', '')}:[0-9a-f:]+/64`));
+    expect(out, 'ping to the gateway').toContain('PING-OK');
+  });
+
+  it('while it runs: the veth is a port of the bridge, the address is allocated, the NAT chain and libcni cache entry exist', () => {
+    const links = JSON.parse(run(['ip', '-j', 'link', 'show', 'master', net.bridge]).stdout || '[]');
+    expect(links.length, 'ports on the bridge').toBe(1);
+    const v4 = out.match(/inet (10\.232\.\d+\.\d+)\/24/)?.[1] ?? '';
+    expect(readFileSync(join(tmp, 'ipam', net.name, v4), 'utf8')).toContain(fullId);
+    expect(Object.values(iptablesState()).join('\n')).toContain(`id: \\"${fullId}\\"`);
+    expect(existsSync(join(CACHE, `${net.name}-${fullId}-eth0`))).toBe(true);
+  });
+
+  it("when the container exits, ctr's DEL (with no netns any more) removes its veth, addresses, NAT rules and cache entry", async () => {
+    writeFileSync(join(tmp, 'rootfs/release'), '');
+    const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 20_000))]);
+    expect(code, out).toBe(0);
+    expect(JSON.parse(run(['ip', '-j', 'link', 'show', 'master', net.bridge]).stdout || '[]')).toEqual([]);
+    const left = existsSync(join(tmp, 'ipam', net.name)) ? readdirSync(join(tmp, 'ipam', net.name)).filter((f) => /^[0-9a-f.:]+$/.test(f) && /\d/.test(f)) : [];
+    expect(left, 'IPAM allocations').toEqual([]);
+    expect(existsSync(join(CACHE, `${net.name}-${fullId}-eth0`)), 'libcni cache entry').toBe(false);
+    expect(run(ctrArgs('container', 'list', '--quiet')).stdout.trim()).toBe('');
+    const added = iptablesAdded(before.ipt, [net.bridge]);
+    const ours = added.rules.map(([, , r]) => r).filter((r) => r.includes(fullId));
+    // The reference bridge (1.1.1) returns from DEL right after IPAM when CNI_NETNS is
+    // empty, so it never removes the container's ipMasq chain; ours does.
+    if (label === 'reference') {
+      if (ours.length) console.log(`containerd/reference: left behind by the reference bridge's DEL:\n${ours.join('\n')}`);
+    } else {
+      expect(ours).toEqual([]);
+    }
+  });
+
+  it('cleanup leaves the machine as it was: links, iptables, sysctls, /etc/cni, /usr/lib/cni, /opt/cni', async () => {
+    if (existsSync(`/sys/class/net/${net.bridge}`)) run(['ip', 'link', 'del', net.bridge]);
+    iptablesRestore(before.ipt, [net.bridge]);
+    writeFileSync('/proc/sys/net/ipv4/ip_forward', before.fwd4);
+    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', before.fwd6);
+    expect(iptablesState()).toEqual(before.ipt);
+    expect(linkNames()).toBe(before.links);
+    expect(treeHash(WATCHED)).toBe(before.watched);
+    expect(mountsBelow('/etc/cni')).toEqual([]);
+    expect(mountsBelow('/usr/lib/cni')).toEqual([]);
+  });
+});
