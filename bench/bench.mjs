@@ -331,7 +331,11 @@ const t0 = process.hrtime.bigint();
   const table = lines.join('\n');
   console.log(table);
   console.log(`\n${machine}`);
-  writeFileSync(join(root, 'bench/RESULTS.md'), `# Benchmark results\n\nPrinted by \`make bench\` (bench/bench.mjs) on ${new Date().toISOString().slice(0, 10)}.\n\n${table}\n\nMachine: ${machine}.\nReference: Debian containernetworking-plugins in /usr/lib/cni.\n`);
+  // Real podman runs on a network served by ours and by the reference (bench/podman.mjs).
+  const pm = spawnSync(process.execPath, [join(root, 'bench/podman.mjs')], { encoding: 'utf8', env: { ...process.env, BENCH_RUNS: String(Math.max(10, Math.min(RUNS, 15))) } });
+  const podmanTable = pm.status === 0 ? pm.stdout.trim() : `podman benchmark failed: ${pm.stderr.trim()}`;
+  console.log(`\n${podmanTable}`);
+  writeFileSync(join(root, 'bench/RESULTS.md'), `# Benchmark results\n\nPrinted by \`make bench\` (bench/bench.mjs) on ${new Date().toISOString().slice(0, 10)}.\n\n${table}\n\nMachine: ${machine}.\nReference: Debian containernetworking-plugins in /usr/lib/cni.\n\n## podman\n\n${podmanTable}\n`);
 } finally {
   const left = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(H));
   for (const n of left) ip('netns', 'del', n);
