@@ -74,13 +74,16 @@ describe('a conflist through libcni', () => {
       list.plugins[0].ipam.dataDir = join(sb.dir, 'ipam');
       writeFileSync(join(sb.dir, 'net.d', file), JSON.stringify(list));
       const c = sb.container();
-      const add = cnitool(['add', list.name, c.path], {});
+      // As podman calls it: the container's name in CNI_ARGS, a published port; dnsname's files in the temp dir.
+      const env = { CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=web', XDG_RUNTIME_DIR: join(sb.dir, 'xdg'), CAP_ARGS: JSON.stringify({ portMappings: [{ hostPort: 18080, containerPort: 80, protocol: 'tcp' }] }) };
+      const add = cnitool(['add', list.name, c.path], env);
       expect(add.code, add.stderr).toBe(0);
       const gw = JSON.parse(add.stdout).ips[0].gateway;
       expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '2', gw]).code).toBe(0);
-      expect(cnitool(['check', list.name, c.path], {}).code).toBe(0);
-      expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
-      expect(cnitool(['del', list.name, c.path], {}).code).toBe(0);
+      expect(cnitool(['check', list.name, c.path], env).code).toBe(0);
+      expect(cnitool(['del', list.name, c.path], env).code).toBe(0);
+      expect(cnitool(['del', list.name, c.path], env).code).toBe(0);
+      expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).not.toContain('CNI-DN-');
       expect(sb.inHost(['iptables-save']).stdout).not.toMatch(/-[sd] 10\.88\./);
     });
   }
