@@ -53,7 +53,12 @@ export function run(tool: string, args: string[], input?: string): Promise<ExecR
 
 /** A process started now whose input is written later (to hide its start-up behind other work). */
 export interface Started {
-  finish(input: string): Promise<ExecResult>;
+  /**
+   * Writes the input and waits for the exit. Failpoints (lib/cni/trace.ts):
+   * `half` runs once the first half of the input is in the pipe, `written`
+   * once all of it is and the pipe is closed.
+   */
+  finish(input: string, half?: () => void, written?: () => void): Promise<ExecResult>;
 }
 
 export function start(tool: string, args: string[]): Started {
@@ -72,8 +77,16 @@ export function start(tool: string, args: string[]): Started {
     );
   });
   return {
-    finish(input: string) {
-      child.stdin.end(input);
+    async finish(input: string, half?: () => void, written?: () => void) {
+      if (half && input.length > 1) {
+        const mid = input.length >> 1;
+        await new Promise<void>((res) => child.stdin.write(input.slice(0, mid), () => res()));
+        half();
+        input = input.slice(mid);
+      }
+      if (written) await new Promise<void>((res) => child.stdin.end(input, () => res()));
+      else child.stdin.end(input);
+      written?.();
       return done;
     },
   };

@@ -1,7 +1,8 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
-import { trace } from '../cni/trace.js';
+import { failpoints, trace } from '../cni/trace.js';
 import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { tmpdir } from 'node:os';
 import { sys } from '../netlink/ns.js';
 
@@ -182,10 +183,16 @@ export async function apply(family: IpFamily, batches: Batch[], pending?: Pendin
     return;
   }
   const input = used.map((b) => b.text()).join('');
-  const r = proc ? await proc.finish(input) : await run(tool(family, 'restore'), RESTORE_ARGS, input);
+  // Failpoints: a crash with half the input written leaves a restore without COMMIT; one after all of it, a restore still running.
+  const r = await (proc ?? start(tool(family, 'restore'), RESTORE_ARGS)).finish(
+    input,
+    failpoints() ? () => trace('iptables: restore half written') : undefined,
+    failpoints() ? () => trace('iptables: restore input written') : undefined,
+  );
   if (r.code !== 0) {
     throw new CniError(ErrorCode.IptablesFailed, `${tool(family, 'restore')} failed`, `${r.stderr.trim()}\ninput:\n${input}`);
   }
+  trace('iptables: restored');
 }
 
 export function sameRule(a: Rule, b: Rule): boolean {
@@ -304,15 +311,23 @@ export class TablePlan {
  * drops the flock if a plugin dies. Processes that are not ours are covered
  * by the restore's atomicity and one retry (a -N that lost a race fails the
  * whole restore, which is then planned again).
+ *
+ * Re-entrant within one async call chain: a plugin that must hold another
+ * lock together with this one (aos-firewall's state file) takes this one
+ * first and runs its transactions inside; they then do not lock again.
+ * Taking this one second would make every such plugin wait for it while
+ * holding its own lock, which convoys them all behind one waiter.
  */
+const lockHeld = new AsyncLocalStorage<true>();
+
 export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
-  trace('lock: start');
+  if (lockHeld.getStore()) return fn();
+  trace('iptables: locking');
   const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${tmpdir()}/cni-ts-${process.getuid?.()}`;
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const ino = statSync('/proc/thread-self/ns/net').ino;
   const fd = openSync(`${dir}/iptables-${ino}.lock`, 'a', 0o600);
   try {
-    trace('lock: file open');
     const deadline = Date.now() + 60_000;
     let wait = 1;
     while (!sys().flock(fd, true, false)) {
@@ -320,7 +335,7 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 20);
     }
-    return await fn();
+    return await lockHeld.run(true, fn);
   } finally {
     closeSync(fd);
   }
@@ -334,15 +349,14 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
 export async function transaction<T>(family: IpFamily, table: string, plan: (p: TablePlan) => T, opts: { counters?: boolean } = {}): Promise<T> {
   return withIptablesLock(async () => {
     for (let attempt = 0; ; attempt++) {
-      trace('iptables lock held');
+      trace('iptables: lock held');
       const state = await save(family, table, opts);
-      trace(`iptables-save: ${state.rules.length} rules`);
+      trace('iptables: saved');
       const p = new TablePlan(table, state);
       const out = plan(p);
-      trace('planned');
+      trace('iptables: planned');
       try {
         await apply(family, [p.batch]);
-        trace('iptables-restore done');
         return out;
       } catch (err) {
         if (attempt >= 2) throw err;

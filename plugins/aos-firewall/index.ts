@@ -1,6 +1,6 @@
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { save, transaction } from '../../lib/iptables/index.js';
+import { save, transaction, withIptablesLock } from '../../lib/iptables/index.js';
 import { chainName } from '../../lib/iptables/names.js';
 import { portCount } from '../../lib/iptables/rule.js';
 import { canonicalIP, isCidr, isIP, parseCidr } from '../../lib/ip/index.js';
@@ -8,6 +8,7 @@ import { which } from '../../lib/exec/index.js';
 import { aosFirewallConfig, type AosFirewallConfig } from './config.js';
 import { maskToBase64, StateFile, type AccessChain, type AccessRule } from './state.js';
 import { expectedRules, planAdd, planDel } from './rules.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * aos-firewall: per-instance isolation for the Aos service manager, with the
@@ -115,21 +116,26 @@ export default definePlugin({
   async add(ctx) {
     const entry = await entryFor(ctx);
     const state = new StateFile(ctx.config.runtimeStatePath);
-    await state.update(async (map) => {
+    // The iptables lock first, then the state file's (see withIptablesLock).
+    await withIptablesLock(() => state.update(async (map) => {
+      trace('aos-firewall: state locked');
       const old = map[ctx.config.uuid];
+      // Written ahead: a crash after the restore must leave DEL the entry the rules are found by.
+      // (Not when the entry changes address or chain: DEL must then still find the old rules.)
+      if (!old || (old.address?.IP === entry.address.IP && old.name === entry.name)) state.write({ ...map, [ctx.config.uuid]: entry });
       await transaction(4, 'filter', (p) => {
         if (old && (old.address?.IP !== entry.address.IP || old.name !== entry.name)) planDel(p, old);
         planAdd(p, entry);
       });
       map[ctx.config.uuid] = entry;
-    });
+    }));
     return ctx.prevResult!;
   },
 
   /** By uuid: what was applied is in the state file, no prevResult needed. */
   async del(ctx) {
     const state = new StateFile(ctx.config.runtimeStatePath);
-    await state.update(async (map) => {
+    await withIptablesLock(() => state.update(async (map) => {
       const entry = map[ctx.config.uuid];
       const name = chainName(ctx.config.iptablesAdminChainName, ctx.config.uuid);
       await transaction(4, 'filter', (p) => {
@@ -138,7 +144,7 @@ export default definePlugin({
         p.removeChain(name);
       });
       delete map[ctx.config.uuid];
-    });
+    }));
   },
 
   async check(ctx) {

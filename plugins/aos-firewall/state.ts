@@ -2,6 +2,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'nod
 import { dirname } from 'node:path';
 import { sys } from '../../lib/netlink/ns.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * The state file the Aos aos-firewall plugin keeps (default
@@ -68,11 +69,17 @@ export class StateFile {
       const state = this.read();
       const before = JSON.stringify(state);
       const out = await fn(state);
-      if (JSON.stringify(state) !== before) writeFileSync(this.path, JSON.stringify(state, null, ' '));
+      if (JSON.stringify(state) !== before) this.write(state);
       return out;
     } finally {
       closeSync(fd);
     }
+  }
+
+  /** Replaces the file's content (call with the lock held, inside `update`). */
+  write(state: StateMap): void {
+    writeFileSync(this.path, JSON.stringify(state, null, ' '));
+    trace('aos-firewall: state written');
   }
 
   read(): StateMap {

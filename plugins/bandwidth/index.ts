@@ -9,6 +9,7 @@ import {
   INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT, type TbfParams,
 } from '../../lib/netlink/tc.js';
 import { bandwidthConfig, directions, shaped, type BandwidthConfig, type Direction } from './config.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * bandwidth: traffic toward the container is shaped by a tbf at the root of
@@ -59,6 +60,7 @@ async function hostVeth(ctx: Ctx, host: Rtnl): Promise<LinkInfo | undefined> {
 async function install(nl: Rtnl, index: number, d: Direction): Promise<void> {
   if (d.netem) {
     await addQdisc(nl, index, TC_H_ROOT, handle(1), 'netem', encodeNetem({ ...d.netem, limit: NETEM_LIMIT }));
+    trace('bandwidth: netem added');
     if (d.rate > 0) await addQdisc(nl, index, handle(1, 1), handle(10), 'tbf', encodeTbf(tbfParams(d)));
   } else if (d.rate > 0) {
     await addQdisc(nl, index, TC_H_ROOT, handle(1), 'tbf', encodeTbf(tbfParams(d)));
@@ -82,15 +84,21 @@ async function add(ctx: Ctx): Promise<Result> {
     const result: Result = { ...prev, interfaces: [...prev.interfaces] };
     try {
       if (shaped(dirs.ingress)) await install(host, veth.index, dirs.ingress);
+      trace('bandwidth: ingress shaped');
       if (shaped(dirs.egress)) {
         const name = ifbName(ctx.env.containerId);
         await host.createIfb(name, veth.mtu);
+        trace('bandwidth: ifb created');
         const ifb = (await host.linkByName(name))!;
         ifbIndex = ifb.index;
         await host.setUp(ifb.index);
+        trace('bandwidth: ifb up');
         await install(host, ifb.index, dirs.egress);
+        trace('bandwidth: egress shaped');
         await addQdisc(host, veth.index, TC_H_INGRESS, INGRESS_HANDLE, 'ingress');
+        trace('bandwidth: ingress qdisc added');
         await addRedirectFilter(host, veth.index, ifb.index);
+        trace('bandwidth: redirect added');
         result.interfaces.push({ name, mac: ifb.mac });
       }
     } catch (err) {

@@ -2,6 +2,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join } from 'node:path';
 import { sys } from '../../lib/netlink/ns.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * dnsname's runtime files, one directory per network under
@@ -96,11 +97,21 @@ export class Tree {
       writeFileSync(tmp, text, { mode });
       renameSync(tmp, join(dir, name));
     };
-    put('addnhosts', s.entries.flatMap((e) => e.ips.map((ip) => `${ip}\t${e.names.join('\t')}\n`)).join(''));
+    put('addnhosts', hostsText(s));
+    trace('dnsname: hosts written');
     put('ownservers.conf', `server=/${s.domain}/${s.bridgeIP}\n`);
     put('localservers.conf', localServers(s, others));
     put('dnsmasq.conf', dnsmasqConf(s, dir), 0o600);
     put('state.json', `${JSON.stringify(s, null, 1)}\n`);
+  }
+
+  /** Whether addnhosts differs from what state.json says (a crash between writing the two leaves that). */
+  stale(s: NetworkState): boolean {
+    try {
+      return readFileSync(join(this.dir(s.network), 'addnhosts'), 'utf8') !== hostsText(s);
+    } catch {
+      return true;
+    }
   }
 
   remove(network: string): void {
@@ -110,6 +121,10 @@ export class Tree {
   exists(network: string): boolean {
     return existsSync(this.dir(network));
   }
+}
+
+export function hostsText(s: NetworkState): string {
+  return s.entries.flatMap((e) => e.ips.map((ip) => `${ip}\t${e.names.join('\t')}\n`)).join('');
 }
 
 /** Upstreams: remoteServers, plus with multiDomain every other multiDomain network's own server line. */

@@ -82,6 +82,7 @@ async function add(ctx: Ctx): Promise<Result> {
   const a = attachmentOf(ctx);
   const tree = new Tree();
   await tree.locked(async () => {
+    trace('dnsname: locked');
     const old = tree.read(cfg.name);
     const s: NetworkState = {
       network: cfg.name, domain: cfg.domainName.toLowerCase(), bridge: a.bridge, bridgeIP: a.bridgeIP,
@@ -105,7 +106,10 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
     if (pid) reload(pid);
-    else await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+    else {
+      trace('dnsname: starting dnsmasq');
+      await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+    }
     trace('dnsname: dnsmasq signalled');
     if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
     // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
@@ -137,7 +141,8 @@ async function del(ctx: Ctx): Promise<void> {
       await teardown(tree, ctx.config.name, s ? [familyOf(s.bridgeIP)] : allFamilies());
       return;
     }
-    if (mine.length === 0) return;
+    if (mine.length === 0 && !tree.stale(s)) return;
+    // (Not ours, but the hosts file is stale: an ADD died between writing it and state.json. Regenerated below.)
     s.entries = rest;
     tree.write(s, tree.networks());
     const pid = findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network));
@@ -176,9 +181,13 @@ async function gc(ctx: Ctx): Promise<void> {
   const tree = new Tree();
   await tree.locked(async () => {
     const s = tree.read(ctx.config.name);
-    if (!s) return;
+    if (!s) {
+      // A directory without state.json is what an ADD that died before writing it leaves: no one's.
+      if (tree.exists(ctx.config.name)) await teardown(tree, ctx.config.name, allFamilies());
+      return;
+    }
     const keep = s.entries.filter((e) => valid.has(`${e.containerID}\n${e.ifname}`));
-    if (keep.length === s.entries.length) return;
+    if (keep.length === s.entries.length && !tree.stale(s)) return;
     if (keep.length === 0) {
       await teardown(tree, s.network, [familyOf(s.bridgeIP)]);
       return;

@@ -2,6 +2,7 @@ import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, 
 import { join } from 'node:path';
 import { sys } from '../../lib/netlink/ns.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
+import { trace } from '../../lib/cni/trace.js';
 
 /**
  * host-local's on-disk store, file-compatible with the reference plugin:
@@ -62,7 +63,9 @@ export class Store {
     } finally {
       closeSync(fd);
     }
+    trace('host-local: allocation written');
     this.writeLastReserved(rangeSet, ip);
+    trace('host-local: cursor written');
     return true;
   }
 

@@ -6,6 +6,7 @@ import { save, transaction, type IpFamily, type TablePlan } from '../../lib/ipta
 import { contains, parseCidr, parseIP } from '../../lib/ip/index.js';
 import { Rtnl } from '../../lib/netlink/rtnl.js';
 import { portmapConfig, type PortmapConfig } from './config.js';
+import { trace } from '../../lib/cni/trace.js';
 import { DEFAULT_MARK_BIT, dnatChain, dnatRules, MASQ, masqJump, masqRule, SETMARK, setMarkRule, TOP_DNAT, topJumps } from './rules.js';
 
 /**
@@ -123,6 +124,7 @@ export default definePlugin({
         for (const e of entries) p.appendUnique(e);
       });
       if (family === 4 && snatOf(ctx)) await enableRouteLocalnet(container);
+      trace('portmap: family done');
     }
     return prev;
   },
