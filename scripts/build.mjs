@@ -4,7 +4,7 @@
 // otherwise), and the native addons travel inside as SEA assets.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, lstatSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, lstatSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,7 +63,10 @@ await esbuild.build({
 // 3. The SEA executable, built by pkg with the offline Node 22.
 const seaMod = require('@yao-pkg/pkg/lib-es5/sea.js');
 const sea = seaMod.default ?? seaMod;
-const target = join(bin, 'cni-ts');
+// Built beside, then renamed over bin/cni-ts: a plugin started during a
+// build runs the old binary or the new one, never a half-written file.
+const final = join(bin, 'cni-ts');
+const target = join(out, 'cni-ts.new');
 if (existsSync(target)) rmSync(target);
 // pkg runs `node --experimental-sea-config` (must be the target Node, so the
 // blob matches it) and `npx postject` from a temp dir, where npx would go to
@@ -98,6 +101,7 @@ process.env.PATH = savedPath;
 if (!existsSync(target) || !readFileSync(target).includes('NODE_SEA_BLOB')) throw new Error('pkg did not produce an SEA executable');
 const probe = execFileSync(target, [], { env: { CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', argv0: 'bridge' }).toString();
 if (!probe.includes('supportedVersions')) throw new Error(`bin/cni-ts does not answer VERSION: ${probe}`);
+renameSync(target, final);
 
 // 4. One link per plugin: the invoked name picks the plugin.
 for (const p of [...PLUGINS, 'cni-manager']) {
@@ -109,4 +113,4 @@ for (const p of [...PLUGINS, 'cni-manager']) {
   symlinkSync('cni-ts', link);
 }
 writeFileSync(join(bin, '.plugins'), PLUGINS.join('\n') + '\n');
-console.log(`built ${target} (${PLUGINS.join(', ')})`);
+console.log(`built ${final} (${PLUGINS.join(', ')})`);
