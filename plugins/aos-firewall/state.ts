@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { sys } from '../../lib/netlink/ns.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
@@ -66,6 +66,7 @@ export class StateFile {
         await new Promise((r) => setTimeout(r, wait));
         wait = Math.min(wait * 2, 20);
       }
+      this.recover();
       const state = this.read();
       const before = JSON.stringify(state);
       const out = await fn(state);
@@ -76,16 +77,52 @@ export class StateFile {
     }
   }
 
-  /** Replaces the file's content (call with the lock held, inside `update`). */
+  /**
+   * Replaces the file's content (call with the lock held, inside `update`).
+   * The file is rewritten in place — it is also the lock, as with the
+   * original plugin, so it cannot be renamed over — and a process killed
+   * between the truncation and the write would leave it empty or cut,
+   * losing every instance's entry. So the new content goes first, whole,
+   * to a journal (`<path>.journal`, written aside and renamed), then into
+   * the file; the journal is removed last, and `recover` completes a write
+   * a dead process left.
+   */
   write(state: StateMap): void {
-    writeFileSync(this.path, JSON.stringify(state, null, ' '));
+    const text = JSON.stringify(state, null, ' ');
+    writeFileSync(`${this.journal}.tmp`, text, { mode: 0o644 });
+    renameSync(`${this.journal}.tmp`, this.journal);
+    trace('aos-firewall: state journaled');
+    writeFileSync(this.path, text);
+    unlinkSync(this.journal);
     trace('aos-firewall: state written');
+  }
+
+  private get journal(): string {
+    return `${this.path}.journal`;
+  }
+
+  /** With the lock held: finishes the write of a process that died half way, and drops a half-written journal. */
+  private recover(): void {
+    rmSync(`${this.journal}.tmp`, { force: true });
+    const text = this.readJournal();
+    if (text === undefined) return;
+    writeFileSync(this.path, text);
+    unlinkSync(this.journal);
+  }
+
+  /** A journal is the newer whole content (its writer died, or is still busy, before copying it in: see write). */
+  private readJournal(): string | undefined {
+    try {
+      return readFileSync(this.journal, 'utf8');
+    } catch {
+      return undefined;
+    }
   }
 
   read(): StateMap {
     let text: string;
     try {
-      text = readFileSync(this.path, 'utf8');
+      text = this.readJournal() ?? readFileSync(this.path, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
       throw new CniError(ErrorCode.IOFailure, `cannot read ${this.path}`, String(err));

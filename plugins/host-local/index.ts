@@ -107,6 +107,8 @@ export default definePlugin({
     await store.locked(() => {
       for (const a of store.all()) {
         if (a.containerId === ctx.env.containerId && (a.ifname === ctx.env.ifname || a.ifname === '')) store.release(a.ip);
+        // An empty file is a reservation whose writer died before writing its owner (we hold the lock): no one's.
+        else if (a.containerId === '') store.release(a.ip);
       }
     });
   },

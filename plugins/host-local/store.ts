@@ -59,6 +59,7 @@ export class Store {
       throw err;
     }
     try {
+      trace('host-local: allocation created');
       writeFileSync(fd, `${containerId}${LINE_BREAK}${ifname}`);
     } finally {
       closeSync(fd);
