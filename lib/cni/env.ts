@@ -29,13 +29,19 @@ export function validateContainerId(id: string): void {
   }
 }
 
-/** Linux's rules for interface names: at most 15 bytes, no '/', ':' or spaces. */
+/**
+ * Linux's rules for interface names: at most 15 bytes, no '/', ':' or spaces;
+ * and no '%': the kernel takes a name with '%' as a template ("eth%d") and
+ * picks a free one, so the interface would never have the name asked for
+ * (and could not be found, nor cleaned up, by it).
+ */
 export function validateIfname(name: string): void {
   const bad = (why: string) => new CniError(ErrorCode.InvalidEnvironment, why, name);
   if (name === '') throw bad('interface name is empty');
   if (Buffer.byteLength(name) > 15) throw bad('interface name is too long (at most 15 bytes)');
   if (name === '.' || name === '..') throw bad('interface name is . or ..');
   if (/[/:\s]/.test(name)) throw bad("interface name contains '/', ':' or whitespace");
+  if (name.includes('%')) throw bad("interface name contains '%' (the kernel would take it as a name template)");
 }
 
 export function readEnv(vars: NodeJS.ProcessEnv): CniEnv {

@@ -10,7 +10,11 @@ import { isCidr, isIP } from '../ip/index.js';
  * writes the version the config asks for.
  */
 const interfaceSchema = obj({
-  name: z.string(),
+  // Chained plugins put these names into iptables rules and dnsmasq's
+  // configuration: never whitespace (iptables-save prints "-i a b" unquoted,
+  // so the rule can no longer be deleted), '/', ':' or control characters,
+  // none of which a Linux interface name can hold.
+  name: z.string().regex(/^[^\s/:\p{Cc}]*$/u, "not an interface name (whitespace, '/', ':' or control characters)"),
   mac: z.string().optional(),
   mtu: z.number().int().optional(),
   sandbox: z.string().optional(),

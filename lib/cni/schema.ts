@@ -26,9 +26,12 @@ export function obj<S extends z.ZodRawShape>(shape: S) {
 /** The keys every network configuration has, and what runtimes inject. */
 export const baseShape = {
   cniVersion: z.string().optional(),
+  // The name is a file name to the plugins that keep state (host-local's
+  // <dataDir>/<name>, dnsname's directory): at most 255 bytes.
   name: z
     .string()
-    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'network name must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$'),
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/, 'network name must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$')
+    .max(255, 'network name is longer than 255 characters'),
   type: z.string().min(1),
   prevResult: z.unknown().optional(),
   runtimeConfig: z.record(z.string(), z.unknown()).optional(),

@@ -1,4 +1,4 @@
-import { readFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { CniManager, ListError, parseNetworkList, type RuntimeConf } from './network.js';
 import { PluginError } from './exec.js';
 
@@ -33,6 +33,19 @@ options:
   --help             this text
 `;
 
+/** A network list is a regular file of modest size: a FIFO would block the read forever, /dev/zero never ends. */
+function readListFile(path: string): Buffer {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error('not a regular file');
+    if (st.size > 64 * 1024 * 1024) throw new Error('larger than 64 MiB');
+    return readFileSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function fail(msg: string): number {
   process.stderr.write(`cni-manager: ${msg}\n`);
   return 1;
@@ -49,7 +62,8 @@ export async function managerMain(argv: string[]): Promise<number> {
     }
     if (a.startsWith('--')) {
       const v = argv[++i];
-      if (v === undefined) return fail(`${a} needs a value\n\n${USAGE}`);
+      // "--db --period day": the next option is no value (it would become a file named --period).
+      if (v === undefined || (v.startsWith('--') && v.length > 2)) return fail(`${a} needs a value\n\n${USAGE}`);
       opts[a.slice(2)] = v;
     } else pos.push(a);
   }
@@ -57,7 +71,7 @@ export async function managerMain(argv: string[]): Promise<number> {
   if (!command || !conflist) return fail(`missing command or conflist\n\n${USAGE}`);
   let list;
   try {
-    list = parseNetworkList(readFileSync(conflist));
+    list = parseNetworkList(readListFile(conflist));
   } catch (err) {
     return fail(`cannot read network list ${conflist}: ${(err as Error).message}`);
   }

@@ -94,11 +94,18 @@ export class CniManager {
         throw err;
       }
     }
-    this.cache.write({
-      kind: 'cniCacheV1', containerId: rt.containerId, config: Buffer.from(JSON.stringify(list)).toString('base64'), ifName: rt.ifname,
-      networkName: list.name, ...(rt.args?.length ? { cniArgs: rt.args } : {}), ...(rt.capabilityArgs ? { capabilityArgs: rt.capabilityArgs } : {}),
-      result: result as Record<string, unknown>,
-    });
+    try {
+      this.cache.write({
+        kind: 'cniCacheV1', containerId: rt.containerId, config: Buffer.from(JSON.stringify(list)).toString('base64'), ifName: rt.ifname,
+        networkName: list.name, ...(rt.args?.length ? { cniArgs: rt.args } : {}), ...(rt.capabilityArgs ? { capabilityArgs: rt.capabilityArgs } : {}),
+        result: result as Record<string, unknown>,
+      });
+    } catch (err) {
+      // Without its cache entry the attachment could never be DELed with its result: undo it
+      // (a network name too long for a file name, an unwritable cache directory).
+      await this.delPlugins(list, rt, result).catch(() => undefined);
+      throw err;
+    }
     return result as Record<string, unknown>;
   }
 

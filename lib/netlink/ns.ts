@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { loadAddon } from './native.js';
 
@@ -31,7 +31,9 @@ export class Netns {
   static tryOpen(path: string): Netns | undefined {
     let fd: number;
     try {
-      fd = openSync(path, 'r');
+      // O_NONBLOCK: a FIFO (or a pipe under /proc/*/fd) given as CNI_NETNS
+      // would otherwise block the open forever; setns() below refuses it.
+      fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return undefined;

@@ -4,7 +4,12 @@ import { netConf, obj } from '../../lib/cni/schema.js';
 const vlanId = z.number().int().min(0).max(4094);
 
 export const bridgeConfig = netConf({
-  bridge: z.string().min(1).max(15).regex(/^[^/:\s]+$/, 'not a valid interface name').default('cni0'),
+  // No '%': the kernel would take it as a name template ("br%d") and create another name.
+  bridge: z
+    .string()
+    .regex(/^[^/:%\s]+$/, 'not a valid interface name')
+    .refine((s) => Buffer.byteLength(s) <= 15 && s !== '.' && s !== '..', 'not a valid interface name (at most 15 bytes, not . or ..)')
+    .default('cni0'),
   isGateway: z.boolean().default(false),
   isDefaultGateway: z.boolean().default(false),
   forceAddress: z.boolean().default(false),

@@ -34,13 +34,13 @@ function requestedIPs(ctx: Ctx): string[] {
   return [...new Set(out)];
 }
 
-function toResult(ctx: Ctx, allocs: Allocated[]): Result {
+function toResult(ctx: Ctx, allocs: Allocated[], dns: Result['dns'] | undefined): Result {
   const result = emptyResult();
   for (const a of allocs) {
     result.ips.push({ address: `${formatIP(a.family, a.ip)}/${a.range.prefix}`, gateway: formatIP(a.family, a.range.gateway) });
   }
   result.routes = (ctx.config.ipam.routes ?? []).map((r) => (r.gw ? { dst: r.dst, gw: r.gw } : { dst: r.dst }));
-  if (ctx.config.ipam.resolvConf) result.dns = parseResolvConf(ctx.config.ipam.resolvConf);
+  if (dns) result.dns = dns;
   return result;
 }
 
@@ -61,6 +61,8 @@ export default definePlugin({
   async add(ctx) {
     const sets = rangeSets(ctx.config.ipam);
     const requested = requestedIPs(ctx);
+    // Read before allocating: an unreadable resolvConf must not leave an allocation behind.
+    const dns = ctx.config.ipam.resolvConf ? parseResolvConf(ctx.config.ipam.resolvConf) : undefined;
     const who = { containerId: ctx.env.containerId, ifname: ctx.env.ifname };
     const store = storeOf(ctx);
     const allocs = await store.locked(() => {
@@ -99,7 +101,7 @@ export default definePlugin({
       }
       return sets.map((_, i) => bySet.get(i)!);
     });
-    return toResult(ctx, allocs);
+    return toResult(ctx, allocs, dns);
   },
 
   async del(ctx) {
