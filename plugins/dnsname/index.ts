@@ -77,9 +77,63 @@ async function teardown(tree: Tree, network: string, families: IpFamily[]): Prom
 
 const allFamilies = (): IpFamily[] => (which('ip6tables-save') ? [4, 6] : [4]);
 
+/** After the files are written: the port-53 rule, dnsmasq (re)loaded, and the wait until the name answers. */
+async function publish(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
+  const cfg = ctx.config;
+  // The port-53 rule comes with the network's first container (CHECK
+  // verifies it is still there); later ADDs need no iptables read.
+  if (firstOnNetwork || old?.bridge !== a.bridge) {
+    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
+      for (const r of inputRules(s)) p.insertUnique(r);
+    });
+  }
+  const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
+  if (pid) reload(pid);
+  else {
+    trace('dnsname: starting dnsmasq');
+    await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+  }
+  trace('dnsname: dnsmasq signalled');
+  if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
+  // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
+  if (!(await waitForAnswer(a.bridgeIP, `${a.names[0]}.${s.domain}`, a.ips.find((ip) => familyOf(ip) === 4) ?? a.ips[0]))) {
+    throw new CniError(ErrorCode.IOFailure, `dnsmasq on ${a.bridgeIP} does not answer for ${a.names[0]}`);
+  }
+}
+
+/** A failed ADD's undo: the network as it was, or gone if this container was its first. */
+async function undoAdd(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
+  if (firstOnNetwork || !old) {
+    await teardown(tree, s.network, [familyOf(a.bridgeIP)]);
+    return;
+  }
+  if (old.bridge !== a.bridge) {
+    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
+      for (const r of inputRules(s)) p.delete(r);
+    });
+  }
+  tree.write(old, tree.networks());
+  const pid = findDnsmasq(tree.pidPath(old.network), tree.confPath(old.network));
+  if (pid) reload(pid);
+}
+
+/** prevResult's bridge must exist here: dnsmasq binds to it (/proc/self/net is this process's namespace, unlike /sys). */
+function requireBridge(bridge: string): void {
+  let dev = '';
+  try {
+    dev = readFileSync('/proc/self/net/dev', 'utf8');
+  } catch {
+    return; // no procfs: dnsmasq will tell
+  }
+  if (!dev.split('\n').some((l) => l.trimStart().startsWith(`${bridge}:`))) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `bridge "${bridge}" from prevResult does not exist`, 'dnsname binds dnsmasq to the bridge the previous plugin created');
+  }
+}
+
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.config;
   const a = attachmentOf(ctx);
+  requireBridge(a.bridge);
   const tree = new Tree();
   await tree.locked(async () => {
     trace('dnsname: locked');
@@ -97,24 +151,14 @@ async function add(ctx: Ctx): Promise<Result> {
     trace('dnsname: state read');
     tree.write(s, tree.networks());
     trace('dnsname: files written');
-    // The port-53 rule comes with the network's first container (CHECK
-    // verifies it is still there); later ADDs need no iptables read.
-    if (firstOnNetwork || old?.bridge !== a.bridge) {
-      await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
-        for (const r of inputRules(s)) p.insertUnique(r);
+    try {
+      await publish(ctx, tree, s, a, firstOnNetwork, old);
+    } catch (err) {
+      // Leave the host as before this ADD (a runtime may never send the DEL).
+      await undoAdd(ctx, tree, s, a, firstOnNetwork, old).catch((undoErr) => {
+        process.stderr.write(`dnsname: undoing the failed ADD: ${(undoErr as Error)?.message ?? undoErr}\n`);
       });
-    }
-    const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
-    if (pid) reload(pid);
-    else {
-      trace('dnsname: starting dnsmasq');
-      await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
-    }
-    trace('dnsname: dnsmasq signalled');
-    if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
-    // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
-    if (!(await waitForAnswer(a.bridgeIP, `${a.names[0]}.${s.domain}`, a.ips.find((ip) => familyOf(ip) === 4) ?? a.ips[0]))) {
-      throw new CniError(ErrorCode.IOFailure, `dnsmasq on ${a.bridgeIP} does not answer for ${a.names[0]}`);
+      throw err;
     }
     trace('dnsname: name answers');
   });

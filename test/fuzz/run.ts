@@ -62,9 +62,7 @@ export const KNOWN = {
    * test sends that DEL too and checks the state after it.
    */
   delAfterFailedAdd: {
-    dnsname:
-      'ADD has no rollback: a failure after state.json is written (dnsmasq never answers because prevResult names a bridge that does not exist, ' +
-      'iptables-restore refuses the bridge name, the 3 s answer wait runs out under load) leaves state.json, addnhosts, dnsmasq.conf, the port-53 INPUT rules and a running dnsmasq',
+    // (dnsname was here until its ADD learned to undo itself: none now.)
   } as Record<string, string>,
   /** Left even by a failed ADD, never removed by DEL; `repair` removes it between batches. */
   residue: {

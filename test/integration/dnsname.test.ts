@@ -209,6 +209,7 @@ describe('dnsname: bad input writes nothing', () => {
     ['a name meant to inject a dnsmasq option', {}, 'web%0Aconf-file=/tmp/evil', 4],
     ['a missing prevResult', { prevResult: undefined }, 'web', 7],
     ['a remote server that is not an address', { remoteServers: ['1.2.3.4#53'] }, 'web', 7],
+    ['a bridge in prevResult that does not exist', { prevResult: { ...prev, interfaces: [{ name: 'nosuchbr0' }] } }, 'web', 7],
   ];
   for (const [name, patch, podName, code] of cases) {
     it(name, () => {
@@ -221,4 +222,21 @@ describe('dnsname: bad input writes nothing', () => {
       expect(ourDnsmasq()).toEqual([]);
     });
   }
+});
+
+describe('dnsname: a failed ADD undoes itself', () => {
+  it('dnsmasq cannot serve the bridge (no gateway address on it): error, and no file, rule or dnsmasq left', () => {
+    // The bridge exists but lacks the gateway address dnsmasq is to answer on.
+    expect(sb.inHost(['ip', 'link', 'add', 'dnsa0', 'type', 'bridge']).code).toBe(0);
+    expect(sb.inHost(['ip', 'link', 'set', 'dnsa0', 'up']).code).toBe(0);
+    const before = sb.inHost(['iptables-save', '-t', 'filter']).stdout;
+    const c = sb.container();
+    const prev = { cniVersion: '1.0.0', interfaces: [{ name: 'dnsa0' }], ips: [{ address: '10.71.1.9/24', gateway: '10.71.1.1' }] };
+    const r = sb.plugin(DNSNAME, call('ADD', 'c1', c.path, 'web'), dnsConf(NET_A, [], prev));
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    expect(r.json.code).toBeGreaterThan(0);
+    expect(existsSync(netDir(NET_A))).toBe(false);
+    expect(ourDnsmasq()).toEqual([]);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout.replace(/^#.*\n/gm, '')).toBe(before.replace(/^#.*\n/gm, ''));
+  });
 });
