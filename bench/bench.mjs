@@ -23,12 +23,23 @@ const ip = (...a) => spawnSync('ip', a, { stdio: 'ignore' });
 const nsenter = (argv) => ['nsenter', `--net=/var/run/netns/${H}`, ...argv];
 
 let lastStdout = '';
+// Where an ADD of ours spends its time (CNI_TS_TRACE=1 marks, ms since the
+// process started): Node's own start until our code runs, loading the
+// contract and the plugin, the work, and exit.
+const phases = {};
 function timed(argv, env = {}, input = '') {
+  const ours = env.CNI_COMMAND === 'ADD' ? argv.find((a) => a.startsWith(`${OURS}/`)) : undefined;
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...env }, input });
+  const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...env, ...(ours ? { CNI_TS_TRACE: '1' } : {}) }, input });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.status !== 0) throw new Error(`${argv.join(' ')} ${env.CNI_COMMAND ?? ''} failed: ${r.stdout}${r.stderr}`);
   lastStdout = r.stdout.toString();
+  if (ours) {
+    const at = Object.fromEntries([...r.stderr.toString().matchAll(/^\[trace\] ([\d.]+) ms (.*)$/gm)].map((m) => [m[2], Number(m[1])]));
+    if (at.main !== undefined && at['plugin loaded'] !== undefined && at.done !== undefined) {
+      (phases[ours.slice(OURS.length + 1)] ??= []).push({ start: at.main, load: at['plugin loaded'] - at.main, work: at.done - at['plugin loaded'], exit: ms - at.done });
+    }
+  }
   return ms;
 }
 const median = (xs) => {
@@ -321,12 +332,14 @@ const t0 = process.hrtime.bigint();
   // Start-up per plugin: VERSION (loads no plugin code) against a bare start of the embedded Node.
   const addRow = { bridge: 'bridge + host-local ADD (with ipMasq)', portmap: 'portmap ADD (3 mappings)', firewall: 'firewall ADD', tuning: 'tuning ADD', loopback: 'loopback ADD', dnsname: 'dnsname ADD (dnsmasq running)', bandwidth: 'bandwidth ADD (ingress + egress)', 'aos-firewall': 'aos-firewall ADD (no reference)' };
   const ns0 = median(results.nodeStart);
-  lines.push('', '| plugin | VERSION ours (ms) | bare Node start (ms) | ours / bare Node | VERSION reference (ms) | ADD ours (ms) | ADD reference (ms) |', '|---|---:|---:|---:|---:|---:|---:|');
+  lines.push('', '| plugin | VERSION ours (ms) | bare Node start (ms) | ours / bare Node | VERSION reference (ms) | ADD ours (ms) | ADD reference (ms) | ADD ours: Node start → our code / loading / work / exit (ms) |', '|---|---:|---:|---:|---:|---:|---:|---|');
   for (const p of ALL) {
     const v = median(version[p].ours);
     const r = rows.find((x) => x.name === addRow[p]);
     const refV = median(version[p].ref);
-    lines.push(`| ${p} | ${fmt(v)} | ${fmt(ns0)} | ${(v / ns0).toFixed(2)} | ${Number.isNaN(refV) ? '—' : fmt(refV)} | ${r ? fmt(r.ours) : '—'} | ${r && !Number.isNaN(r.ref) ? fmt(r.ref) : '—'} |`);
+    const ph = phases[p] ?? [];
+    const split = ph.length ? ['start', 'load', 'work', 'exit'].map((k) => fmt(median(ph.map((x) => x[k])))).join(' / ') : '—';
+    lines.push(`| ${p} | ${fmt(v)} | ${fmt(ns0)} | ${(v / ns0).toFixed(2)} | ${Number.isNaN(refV) ? '—' : fmt(refV)} | ${r ? fmt(r.ours) : '—'} | ${r && !Number.isNaN(r.ref) ? fmt(r.ref) : '—'} | ${split} |`);
   }
   const table = lines.join('\n');
   console.log(table);

@@ -1,10 +1,10 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
 import { failpoints, trace } from '../cni/trace.js';
-import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { tmpdir } from 'node:os';
-import { sys } from '../netlink/ns.js';
+import { withFileLock } from '../exec/lock.js';
 
 /**
  * iptables as data: a rule is (table, chain, argv). Changes are batched into
@@ -326,19 +326,10 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
   const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${tmpdir()}/cni-ts-${process.getuid?.()}`;
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const ino = statSync('/proc/thread-self/ns/net').ino;
-  const fd = openSync(`${dir}/iptables-${ino}.lock`, 'a', 0o600);
-  try {
-    const deadline = Date.now() + 60_000;
-    let wait = 1;
-    while (!sys().flock(fd, true, false)) {
-      if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the iptables lock');
-      await new Promise((r) => setTimeout(r, wait));
-      wait = Math.min(wait * 2, 20);
-    }
-    return await lockHeld.run(true, fn);
-  } finally {
-    closeSync(fd);
-  }
+  return withFileLock(`${dir}/iptables-${ino}.lock`, {
+    timeoutMs: 60_000,
+    timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the iptables lock'),
+  }, () => lockHeld.run(true, fn));
 }
 
 /**

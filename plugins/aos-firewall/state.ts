@@ -1,6 +1,6 @@
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { sys } from '../../lib/netlink/ns.js';
+import { withFileLock } from '../../lib/exec/lock.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { trace } from '../../lib/cni/trace.js';
 
@@ -57,24 +57,18 @@ export class StateFile {
     } catch (err) {
       throw new CniError(ErrorCode.IOFailure, `cannot create ${dirname(this.path)}`, String(err));
     }
-    const fd = openSync(this.path, 'a+', 0o644);
-    try {
-      const deadline = Date.now() + 60_000;
-      let wait = 1;
-      while (!sys().flock(fd, true, false)) {
-        if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock on ${this.path}`);
-        await new Promise((r) => setTimeout(r, wait));
-        wait = Math.min(wait * 2, 20);
-      }
+    return withFileLock(this.path, {
+      mode: 0o644,
+      timeoutMs: 60_000,
+      timeoutError: () => new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock on ${this.path}`),
+    }, async () => {
       this.recover();
       const state = this.read();
       const before = JSON.stringify(state);
       const out = await fn(state);
       if (JSON.stringify(state) !== before) this.write(state);
       return out;
-    } finally {
-      closeSync(fd);
-    }
+    });
   }
 
   /**

@@ -1,6 +1,6 @@
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { sys } from '../../lib/netlink/ns.js';
+import { withFileLock } from '../../lib/exec/lock.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { trace } from '../../lib/cni/trace.js';
 
@@ -54,19 +54,10 @@ export class Tree {
 
   async locked<T>(fn: () => Promise<T>): Promise<T> {
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
-    const fd = openSync(join(this.root, 'lock'), 'a', 0o600);
-    try {
-      const deadline = Date.now() + 60_000;
-      let wait = 1;
-      while (!sys().flock(fd, true, false)) {
-        if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the dnsname lock');
-        await new Promise((r) => setTimeout(r, wait));
-        wait = Math.min(wait * 2, 20);
-      }
-      return await fn();
-    } finally {
-      closeSync(fd);
-    }
+    return withFileLock(join(this.root, 'lock'), {
+      timeoutMs: 60_000,
+      timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the dnsname lock'),
+    }, fn);
   }
 
   read(network: string): NetworkState | undefined {

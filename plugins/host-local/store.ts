@@ -1,6 +1,6 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { sys } from '../../lib/netlink/ns.js';
+import { withFileLock } from '../../lib/exec/lock.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { trace } from '../../lib/cni/trace.js';
 
@@ -30,19 +30,10 @@ export class Store {
   /** Runs fn holding the network's lock; a dead holder's lock is released by the kernel. */
   async locked<T>(fn: () => T | Promise<T>): Promise<T> {
     mkdirSync(this.dir, { recursive: true, mode: 0o755 });
-    const fd = openSync(join(this.dir, 'lock'), 'a', 0o600);
-    try {
-      const deadline = Date.now() + LOCK_TIMEOUT_MS;
-      let wait = 1;
-      while (!sys().flock(fd, true, false)) {
-        if (Date.now() > deadline) throw new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the IPAM lock', this.dir);
-        await new Promise((r) => setTimeout(r, wait));
-        wait = Math.min(wait * 2, 20);
-      }
-      return await fn();
-    } finally {
-      closeSync(fd); // closing drops the flock
-    }
+    return withFileLock(join(this.dir, 'lock'), {
+      timeoutMs: LOCK_TIMEOUT_MS,
+      timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the IPAM lock', this.dir),
+    }, fn);
   }
 
   private fileOf(ip: string): string {
