@@ -16,7 +16,7 @@ import { toCniError } from '../lib/cni/errors.js';
 declare const __PLUGIN_NAMES__: string[];
 
 function answerVersion(): void {
-  let stdin = Buffer.alloc(0);
+  let stdin: Buffer = Buffer.alloc(0);
   let output: unknown;
   try {
     stdin = readStdin();
