@@ -102,7 +102,7 @@ try {
   // beyond the one iptables-save read), and aos-firewall the same way.
   const nodeStart = median(results.nodeStart);
   const fwEnv = (id) => ({ CNI_CONTAINERID: id, CNI_NETNS: `/var/run/netns/${H}`, CNI_IFNAME: 'eth0', CNI_PATH: OURS });
-  const fwConf = (i, k) => JSON.stringify({ cniVersion: '1.0.0', name: 'fwbench', type: 'firewall', backend: 'iptables', prevResult: { cniVersion: '1.0.0', ips: [{ address: `10.${210 + k}.${i >> 8}.${(i & 255) + 1}/16` }] } });
+  const fwConf = (i, k) => JSON.stringify({ cniVersion: '1.0.0', name: 'fwbench', type: 'firewall', backend: 'iptables', prevResult: { cniVersion: '1.0.0', ips: [{ address: `10.${210 + k}.${(i + 1) >> 8}.${(i + 1) & 255}/16` }] } });
   const fwRound = (dir, i, k, into) => {
     into.add.push(timed(nsenter([join(dir, 'firewall')]), { ...fwEnv(`fw${k}-${i}`), CNI_COMMAND: 'ADD' }, fwConf(i, k)));
     into.del.push(timed(nsenter([join(dir, 'firewall')]), { ...fwEnv(`fw${k}-${i}`), CNI_COMMAND: 'DEL' }, fwConf(i, k)));
@@ -134,7 +134,7 @@ try {
   const aosConf = (i) => JSON.stringify({
     cniVersion: '0.4.0', name: 'aosbench', type: 'aos-firewall', uuid: `u${i}`, iptablesAdminChainName: `INSTANCE_u${i}`,
     runtimeStatePath: join(tmp, 'aos_chains.conf'), inputAccess: [{ port: '8080' }],
-    prevResult: { cniVersion: '0.4.0', ips: [{ version: '4', address: `10.230.${i >> 8}.${(i & 255) + 2}/16`, gateway: '10.230.0.1' }] },
+    prevResult: { cniVersion: '0.4.0', ips: [{ version: '4', address: `10.230.${(i + 2) >> 8}.${(i + 2) & 255}/16`, gateway: '10.230.0.1' }] },
   });
   const aosRun = (cmd, i) => timed(nsenter([join(OURS, 'aos-firewall')]), { ...fwEnv(`u${i}`), CNI_COMMAND: cmd }, aosConf(i));
   const aos0 = { add: [], del: [] };

@@ -18,17 +18,26 @@ const queues = new Map<string, Promise<unknown>>();
 
 export async function withFileLock<T>(
   path: string,
-  opts: { mode?: number; timeoutMs: number; timeoutError: () => Error },
+  opts: {
+    mode?: number;
+    /** Lock a file that cannot be opened for writing (a namespace's nsfs file); it is not created. */
+    readOnly?: boolean;
+    /** The in-process queue's key, when the path alone does not name the lock (/proc/thread-self/…). */
+    queueKey?: string;
+    timeoutMs: number;
+    timeoutError: () => Error;
+  },
   fn: () => Promise<T> | T,
 ): Promise<T> {
-  const before = queues.get(path) ?? Promise.resolve();
+  const key = opts.queueKey ?? path;
+  const before = queues.get(key) ?? Promise.resolve();
   let release!: () => void;
   const mine = new Promise<void>((r) => (release = r));
   const tail = before.then(() => mine);
-  queues.set(path, tail);
+  queues.set(key, tail);
   try {
     await before;
-    const fd = openSync(path, 'a', opts.mode ?? 0o600);
+    const fd = opts.readOnly ? openSync(path, 'r') : openSync(path, 'a', opts.mode ?? 0o600);
     try {
       if (!sys().flockWait(fd, true, opts.timeoutMs)) throw opts.timeoutError();
       return await fn();
@@ -37,6 +46,6 @@ export async function withFileLock<T>(
     }
   } finally {
     release();
-    if (queues.get(path) === tail) queues.delete(path);
+    if (queues.get(key) === tail) queues.delete(key);
   }
 }

@@ -1,9 +1,8 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
 import { failpoints, trace } from '../cni/trace.js';
-import { mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { tmpdir } from 'node:os';
 import { withFileLock } from '../exec/lock.js';
 
 /**
@@ -306,11 +305,12 @@ export class TablePlan {
 
 /**
  * Serialises read-modify-write cycles of our own plugin processes on one
- * network namespace (the lock file is named after the namespace's inode),
- * so concurrent ADDs never plan against the same stale state. The kernel
- * drops the flock if a plugin dies. Processes that are not ours are covered
- * by the restore's atomicity and one retry (a -N that lost a race fails the
- * whole restore, which is then planned again).
+ * network namespace, so concurrent ADDs never plan against the same stale
+ * state. The lock is a flock on the namespace itself (its nsfs file,
+ * /proc/thread-self/ns/net): one per namespace, nothing on disk to leave
+ * behind, and the kernel drops it if a plugin dies. Processes that are not
+ * ours are covered by the restore's atomicity and one retry (a -N that lost
+ * a race fails the whole restore, which is then planned again).
  *
  * Re-entrant within one async call chain: a plugin that must hold another
  * lock together with this one (aos-firewall's state file) takes this one
@@ -323,10 +323,10 @@ const lockHeld = new AsyncLocalStorage<true>();
 export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
   if (lockHeld.getStore()) return fn();
   trace('iptables: locking');
-  const dir = process.getuid?.() === 0 ? '/run/cni-ts' : `${tmpdir()}/cni-ts-${process.getuid?.()}`;
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const ino = statSync('/proc/thread-self/ns/net').ino;
-  return withFileLock(`${dir}/iptables-${ino}.lock`, {
+  const ns = '/proc/thread-self/ns/net';
+  return withFileLock(ns, {
+    readOnly: true,
+    queueKey: `netns:${statSync(ns).ino}`,
     timeoutMs: 60_000,
     timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the iptables lock'),
   }, () => lockHeld.run(true, fn));

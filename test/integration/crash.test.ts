@@ -24,6 +24,11 @@ import { BIN as BUILT, Sandbox } from '../helpers/sandbox.js';
  * `contract loaded`, which come before anything is read and are the same
  * case as `plugin loaded`.
  *
+ * Kills during DEL too ("DEL killed"): every failpoint a DEL of either list
+ * passes; the runtime's DEL stops at the dead plugin, and its retry (the
+ * whole list again, same cached result) and GC must leave the host as before
+ * the ADD.
+ *
  * Modes, each on its own sandbox (a host namespace), run concurrently:
  *  - "empty network": containers have come and gone (so the bridge and the
  *    shared chains plugins keep for a network — CNI-FORWARD, CNI-HOSTPORT-*,
@@ -257,6 +262,33 @@ class Runtime {
         ? await this.plugin(p.type, this.env('ADD', c, { CNI_TS_KILL_AT: `${k.label}#${k.nth}` }), conf)
         : await this.plugin(p.type, this.env('ADD', c), conf, k.delayMs);
     return { prev, killed };
+  }
+
+  /** A DEL of the list (reverse order) with `trace`: each plugin's failpoints, indexed in list order. */
+  async delTraced(c: Container, result: Json): Promise<Pass[]> {
+    const list = this.listOf(this.sb, c);
+    const caps = capsOf(list, c);
+    const passes: Pass[] = [];
+    for (let i = list.plugins.length - 1; i >= 0; i--) {
+      const p = list.plugins[i];
+      const r = await this.plugin(p.type, this.env('DEL', c, { CNI_TS_TRACE: '1' }), this.conf(list, p, caps, result));
+      if (r.code !== 0) throw new Error(`DEL ${p.type} for ${c.id} failed: ${describeRun(r)}`);
+      passes[i] = { type: p.type, labels: [...r.stderr.matchAll(/^\[trace\] [\d.]+ ms (.*)$/gm)].map((m) => m[1]), ms: r.ms };
+    }
+    return passes;
+  }
+
+  /** DEL in reverse order until plugin `k.index`, which is killed at its failpoint; libcni stops there. */
+  async delKilled(c: Container, result: Json, k: KillPoint): Promise<Run> {
+    const list = this.listOf(this.sb, c);
+    const caps = capsOf(list, c);
+    for (let i = list.plugins.length - 1; i > k.index; i--) {
+      const p = list.plugins[i];
+      const r = await this.plugin(p.type, this.env('DEL', c), this.conf(list, p, caps, result));
+      if (r.code !== 0) throw new Error(`DEL ${p.type} (before the kill point) failed: ${describeRun(r)}`);
+    }
+    const p = list.plugins[k.index];
+    return this.plugin(p.type, this.env('DEL', c, { CNI_TS_KILL_AT: `${k.label}#${k.nth}` }), this.conf(list, p, caps, result));
   }
 
   /** DEL of every plugin in reverse order with the result the runtime has; returns the failures. */
@@ -498,6 +530,41 @@ async function runCases(rt: Runtime, points: KillPoint[], opts: { neighbours: Co
   return outcomes;
 }
 
+/**
+ * Kills during DEL: a container fully ADDed, its DEL killed at a failpoint
+ * of one plugin (the runtime's DEL stops there), then the runtime's retry —
+ * DEL of the whole list again with the same cached result — and GC; the
+ * host must be as before the ADD.
+ */
+async function runDelCases(rt: Runtime, points: KillPoint[], mode: string): Promise<Outcome[]> {
+  const outcomes: Outcome[] = [];
+  let baseline = await snapshot(rt.sb);
+  for (const k of points) {
+    const c = await rt.container('d');
+    const problems: string[] = [];
+    try {
+      const { result } = await rt.add(c);
+      const killed = await rt.delKilled(c, result, k);
+      if (killed.signal !== 'SIGKILL') problems.push(`expected DEL to die by SIGKILL at ${k.label}#${k.nth}, got ${describeRun(killed)}`);
+      problems.push(...(await rt.del(c, result)).map((e) => `the retried DEL: ${e}`));
+      await rt.removeContainer(c);
+      problems.push(...(await rt.gc([])));
+    } catch (err) {
+      await rt.removeContainer(c);
+      problems.push(String((err as Error).stack ?? err));
+    }
+    const after = await snapshot(rt.sb);
+    const d = diff(baseline, after);
+    if (d) problems.push(`host not as before:\n${d}`);
+    tally.failpoints++;
+    if (problems.length === 0) tally.clean++;
+    tally.byMode.set(mode, (tally.byMode.get(mode) ?? 0) + 1);
+    outcomes.push({ point: `${mode}: ${pointName(k)}`, clean: problems.length === 0, detail: problems.join('\n') });
+    if (problems.length) baseline = after;
+  }
+  return outcomes;
+}
+
 const report = (outcomes: Outcome[]) =>
   outcomes
     .filter((o) => !o.clean)
@@ -532,7 +599,7 @@ const LISTS: [string, ListOf][] = [
 ];
 const TIMEOUT = 290_000;
 
-describe.concurrent('a plugin killed during ADD is cleaned up by DEL and GC', () => {
+describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL and GC', () => {
   LISTS.forEach(([name, listOf], n) => {
     it(`${name}: every failpoint and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crash'), listOf);
@@ -562,6 +629,23 @@ describe.concurrent('a plugin killed during ADD is cleaned up by DEL and GC', ()
       await rt.removeContainer(probe);
       const points = [...failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), ...timedPoints(passes, TIMED_PER_MODE, prng(KILL_SEED + 10 + n))];
       expect(report(await runCases(rt, points, { neighbours: [neighbour], snap: {}, mode: `${name} (neighbour)` }))).toBe('');
+    }, TIMEOUT);
+  });
+
+  LISTS.forEach(([name, listOf]) => {
+    it(`${name}: killed during DEL at every failpoint, then the runtime's retried DEL`, async ({ expect }) => {
+      const rt = new Runtime(sandbox('crashd'), listOf);
+      let passes: Pass[] = [];
+      for (const tag of ['w', 'p']) {
+        const c = await rt.container(tag);
+        const add = await rt.add(c);
+        passes = await rt.delTraced(c, add.result);
+        await rt.removeContainer(c);
+      }
+      expect(await rt.gc([])).toEqual([]);
+      const points = failpointsOf(passes);
+      expect(points.length).toBeGreaterThan(10);
+      expect(report(await runDelCases(rt, points, `${name} (DEL killed)`))).toBe('');
     }, TIMEOUT);
   });
 

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
@@ -25,17 +25,7 @@ let sb: Sandbox;
 beforeEach(() => {
   sb = new Sandbox('scale');
 });
-afterEach(() => {
-  // The iptables lock file the plugins made for this host namespace (named by its inode).
-  let lock = '';
-  try {
-    lock = `/run/cni-ts/iptables-${statSync(`/var/run/netns/${sb.host}`).ino}.lock`;
-  } catch {
-    // namespace already gone
-  }
-  sb.cleanup();
-  if (lock) rmSync(lock, { force: true });
-});
+afterEach(() => sb.cleanup());
 
 interface Timed {
   code: number;

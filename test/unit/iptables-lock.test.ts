@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { withIptablesLock } from '../../lib/iptables/index.js';
 
@@ -30,5 +31,14 @@ describe('withIptablesLock', () => {
     });
     await Promise.all([a, b]);
     expect(order).toEqual(['outer', 'inner', 'a+', 'a-', 'b+', 'b-']);
+  });
+
+  it('is a flock on the network namespace itself (its nsfs file): other processes in it wait', async () => {
+    // flock(1) probing without waiting: 1 = held elsewhere.
+    const probe = () => spawnSync('flock', ['-n', '/proc/self/ns/net', 'true']).status;
+    expect(probe()).toBe(0);
+    const inside = await withIptablesLock(async () => probe());
+    expect(inside).toBe(1);
+    expect(probe()).toBe(0);
   });
 });
