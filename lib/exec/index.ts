@@ -61,15 +61,17 @@ export interface Started {
   finish(input: string, half?: () => void, written?: () => void): Promise<ExecResult>;
 }
 
-export function start(tool: string, args: string[]): Started {
+export function start(tool: string, args: string[], opts: { inheritFds?: number[] } = {}): Started {
   const file = which(tool);
   if (!file) return { finish: async () => ({ code: 127, stdout: '', stderr: `${tool}: not found` }) };
-  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+  // inheritFds: open files the child keeps (as fd 3, 4, …), e.g. a lock that must outlive us if we die first.
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe', ...(opts.inheritFds ?? [])], env: { ...process.env, LC_ALL: 'C' } });
+  const [stdin, stdout, stderr] = [child.stdin!, child.stdout!, child.stderr!];
   const out: Buffer[] = [];
   const err: Buffer[] = [];
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.stdin.on('error', () => undefined);
+  stdout.on('data', (b: Buffer) => out.push(b));
+  stderr.on('data', (b: Buffer) => err.push(b));
+  stdin.on('error', () => undefined);
   const done = new Promise<ExecResult>((resolve) => {
     child.on('error', (e) => resolve({ code: 127, stdout: '', stderr: e.message }));
     child.on('close', (code) =>
@@ -80,12 +82,12 @@ export function start(tool: string, args: string[]): Started {
     async finish(input: string, half?: () => void, written?: () => void) {
       if (half && input.length > 1) {
         const mid = input.length >> 1;
-        await new Promise<void>((res) => child.stdin.write(input.slice(0, mid), () => res()));
+        await new Promise<void>((res) => stdin.write(input.slice(0, mid), () => res()));
         half();
         input = input.slice(mid);
       }
-      if (written) await new Promise<void>((res) => child.stdin.end(input, () => res()));
-      else child.stdin.end(input);
+      if (written) await new Promise<void>((res) => stdin.end(input, () => res()));
+      else stdin.end(input);
       written?.();
       return done;
     },

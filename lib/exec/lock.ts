@@ -27,7 +27,7 @@ export async function withFileLock<T>(
     timeoutMs: number;
     timeoutError: () => Error;
   },
-  fn: () => Promise<T> | T,
+  fn: (fd: number) => Promise<T> | T,
 ): Promise<T> {
   const key = opts.queueKey ?? path;
   const before = queues.get(key) ?? Promise.resolve();
@@ -40,7 +40,7 @@ export async function withFileLock<T>(
     const fd = opts.readOnly ? openSync(path, 'r') : openSync(path, 'a', opts.mode ?? 0o600);
     try {
       if (!sys().flockWait(fd, true, opts.timeoutMs)) throw opts.timeoutError();
-      return await fn();
+      return await fn(fd);
     } finally {
       closeSync(fd); // closing drops the flock
     }

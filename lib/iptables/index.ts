@@ -183,7 +183,10 @@ export async function apply(family: IpFamily, batches: Batch[], pending?: Pendin
   }
   const input = used.map((b) => b.text()).join('');
   // Failpoints: a crash with half the input written leaves a restore without COMMIT; one after all of it, a restore still running.
-  const r = await (proc ?? start(tool(family, 'restore'), RESTORE_ARGS)).finish(
+  // Under the iptables lock the restore inherits its fd: should this process die after handing over
+  // its input, the lock stays held until the restore has committed, so nobody plans against the old table.
+  const lockFd = lockHeld.getStore();
+  const r = await (proc ?? start(tool(family, 'restore'), RESTORE_ARGS, { inheritFds: lockFd === undefined ? [] : [lockFd] })).finish(
     input,
     failpoints() ? () => trace('iptables: restore half written') : undefined,
     failpoints() ? () => trace('iptables: restore input written') : undefined,
@@ -318,10 +321,10 @@ export class TablePlan {
  * Taking this one second would make every such plugin wait for it while
  * holding its own lock, which convoys them all behind one waiter.
  */
-const lockHeld = new AsyncLocalStorage<true>();
+const lockHeld = new AsyncLocalStorage<number>();
 
 export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
-  if (lockHeld.getStore()) return fn();
+  if (lockHeld.getStore() !== undefined) return fn();
   trace('iptables: locking');
   const ns = '/proc/thread-self/ns/net';
   return withFileLock(ns, {
@@ -329,7 +332,7 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
     queueKey: `netns:${statSync(ns).ino}`,
     timeoutMs: 60_000,
     timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the iptables lock'),
-  }, () => lockHeld.run(true, fn));
+  }, (fd) => lockHeld.run(fd, fn));
 }
 
 /**

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { withFileLock } from '../../lib/exec/lock.js';
+import { start } from '../../lib/exec/index.js';
 
 // withFileLock: other processes are waited for in the kernel (flockWait with
 // a SIGALRM timer aimed at this thread), callers in this process queue in
@@ -59,5 +60,17 @@ describe('withFileLock', () => {
     // A failing holder passes the lock on too.
     await expect(withFileLock(path, { timeoutMs: 100, timeoutError }, () => { throw new Error('boom'); })).rejects.toThrow('boom');
     expect(await withFileLock(path, { timeoutMs: 100, timeoutError }, () => 1)).toBe(1);
+  });
+
+  it('a child handed the lock fd keeps the lock after the holder let go (an iptables-restore outliving its plugin)', async () => {
+    const path = join(dir, 'lock');
+    const probe = () => spawnSync('flock', ['-n', path, 'true']).status;
+    let child: ReturnType<typeof start> | undefined;
+    await withFileLock(path, { timeoutMs: 1000, timeoutError }, (fd) => {
+      child = start('sleep', ['0.6'], { inheritFds: [fd] });
+    });
+    expect(probe()).toBe(1); // we closed our fd; the child's copy still holds it
+    expect((await child!.finish('')).code).toBe(0);
+    expect(probe()).toBe(0);
   });
 });
