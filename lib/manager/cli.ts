@@ -16,6 +16,8 @@ commands:
   gc <conflist> [<instance-id>...] GC: keep only the given instances' attachments
   traffic <conflist>               collect the instances' traffic once and print a table
   serve <conflist>                 collect every --interval seconds; Prometheus metrics on --metrics-port
+  traffic-off                      remove the monitor's system chains (AOS_SYSTEM_IN/OUT and their jumps);
+                                   instance chains stay with traffic-accounting until their DEL
 
 options:
   --netns PATH       the instance's network namespace (default /run/netns/<instance-id>)
@@ -68,6 +70,16 @@ export async function managerMain(argv: string[]): Promise<number> {
     } else pos.push(a);
   }
   const [command, conflist, ...ids] = pos;
+  if (command === 'traffic-off') {
+    if (conflist) return fail(`traffic-off takes no arguments\n\n${USAGE}`);
+    try {
+      const { removeSystemChains } = await import('./traffic.js');
+      await removeSystemChains();
+      return 0;
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+  }
   if (!command || !conflist) return fail(`missing command or conflist\n\n${USAGE}`);
   let list;
   try {

@@ -123,6 +123,10 @@ describe('cni-manager runs the Aos list', () => {
     expect(f).toMatch(/^-A AOS_SYSTEM_IN$/m);
     expect(manager(['del', join(sb.dir, 'list.conflist'), 'inst-1', '--netns', c.path]).code).toBe(0);
     expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toMatch(/AOS_[0-9a-f]/);
+    // The monitor's own chains go with traffic-off (twice: nothing left is fine).
+    for (let i = 0; i < 2; i++) expect(manager(['traffic-off']).code).toBe(0);
+    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('AOS_SYSTEM');
+    expect(manager(['traffic-off', 'extra']).code).toBe(1);
   });
 
   it('answers --help and refuses a bad list clearly', () => {
