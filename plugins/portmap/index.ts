@@ -104,6 +104,23 @@ async function inV6(plan: (p: TablePlan) => void): Promise<void> {
   }
 }
 
+/**
+ * As the reference does on ADD: conntrack entries for the published UDP
+ * ports made before this mapping existed (a client that kept sending while
+ * the container was away) would go on bypassing the new DNAT; they are
+ * deleted. A failure is reported on stderr, not fatal (the mapping itself is in place).
+ */
+async function dropStaleUdpEntries(ctx: Ctx, family: 4 | 6): Promise<void> {
+  const ports = [...new Set(mappingsOf(ctx).filter((m) => m.protocol === 'udp').map((m) => m.hostPort))];
+  if (ports.length === 0) return;
+  try {
+    const { deleteUdpEntries } = await import('../../lib/netlink/conntrack.js');
+    await deleteUdpEntries(family, ports);
+  } catch (err) {
+    process.stderr.write(`portmap: could not delete stale UDP conntrack entries (IPv${family}): ${(err as Error)?.message ?? err}\n`);
+  }
+}
+
 export default definePlugin({
   name: 'portmap',
   schema: portmapConfig,
@@ -124,6 +141,7 @@ export default definePlugin({
         for (const e of entries) p.appendUnique(e);
       });
       if (family === 4 && snatOf(ctx)) await enableRouteLocalnet(container);
+      await dropStaleUdpEntries(ctx, family);
       trace('portmap: family done');
     }
     return prev;

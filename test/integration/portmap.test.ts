@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, must, Sandbox } from '../helpers/sandbox.js';
@@ -51,6 +53,20 @@ function bridgeAdd(id: string, s = sb) {
 const pmConf = (prevResult: unknown, extra: Record<string, unknown> = {}, mappings: unknown[] = MAPPINGS) => ({
   cniVersion: '1.0.0', name: 'pmnet', type: 'portmap', capabilities: { portMappings: true }, runtimeConfig: { portMappings: mappings }, prevResult, ...extra,
 });
+
+/** One UDP round trip from `ns`, sent from a fixed source port (so a second call is the same conntrack flow). */
+function udpFrom(ns: string, srcPort: number, host: string, port: number): boolean {
+  const file = join(sb.dir, 'udp-from.cjs');
+  writeFileSync(file, `
+const s = require('dgram').createSocket('udp4');
+const done = (ok) => { process.stdout.write(ok ? 'answered' : 'silent'); process.exit(0); };
+setTimeout(() => done(false), 1000);
+s.on('message', () => done(true));
+s.on('error', () => done(false));
+s.bind(${srcPort}, () => s.send('hi', ${port}, '${host}'));
+`);
+  return spawnSync('ip', ['netns', 'exec', ns, process.execPath, file], { encoding: 'utf8' }).stdout === 'answered';
+}
 
 describe('portmap', () => {
   it('publishes ports to the WAN, to localhost, to the host address, and hairpin; CHECK; DEL without prevResult or netns closes them', async () => {
@@ -196,5 +212,21 @@ describe('portmap', () => {
     expect(sb.plugin(PORTMAP, { command: 'DEL', containerId: 'c6', netns: c.path }, pm).code).toBe(0);
     expect(nat(sb, 'ip6tables-save')).not.toContain('CNI-DN-');
     expect(nat()).not.toContain('CNI-DN-');
+  });
+
+  it('deletes the stale UDP conntrack entries of its published ports on ADD, as the reference does', async () => {
+    const peer = wanPeer();
+    // Connection tracking runs in the host namespace once a nat rule exists there.
+    const other = bridgeAdd('ctr-o');
+    expect(sb.plugin(PORTMAP, { command: 'ADD', containerId: 'ctr-o', netns: other.path }, pmConf(other.result, {}, [{ hostPort: 18090, containerPort: 80, protocol: 'tcp' }])).code).toBe(0);
+    const c = bridgeAdd('ctr-u');
+    await net.serve(c.ns, [], [81]);
+    // A client that kept sending while nothing was published: its flow has a conntrack entry without DNAT.
+    expect(udpFrom(peer, 40053, WAN, 18091)).toBe(false);
+    const add = sb.plugin(PORTMAP, { command: 'ADD', containerId: 'ctr-u', netns: c.path }, pmConf(c.result, {}, [{ hostPort: 18091, containerPort: 81, protocol: 'udp' }]));
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    expect(add.stderr).not.toContain('could not delete');
+    // The same flow (same source port) now reaches the container: the old entry is gone.
+    expect(udpFrom(peer, 40053, WAN, 18091)).toBe(true);
   });
 });
