@@ -12,6 +12,7 @@ import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, 
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
 import { trace } from '../../lib/cni/trace.js';
+import { spoofCheckId } from '../../lib/nft/spoofcheck.js';
 
 /**
  * bridge: a Linux bridge on the host, a veth pair per container with its
@@ -117,7 +118,6 @@ async function add(ctx: Ctx): Promise<Result> {
   }
   if (cfg.vlan && trunk.length) throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set vlan and vlanTrunk at the same time');
   const vlanFiltering = cfg.vlan !== 0 || trunk.length > 0;
-  if (cfg.macspoofchk) throw new CniError(ErrorCode.UnsupportedField, 'macspoofchk is not supported by this bridge plugin yet');
   const type = ipamType(ctx);
 
   const netns = Netns.open(ctx.env.netns);
@@ -127,7 +127,9 @@ async function add(ctx: Ctx): Promise<Result> {
   const cont = Rtnl.open(netns);
   const hostNsFd = openSync('/proc/thread-self/ns/net', 'r');
   let vethCreated = false;
+  let spoofCheckSet = false;
   let ipamDone = false;
+  const spoofId = spoofCheckId(ctx.env.containerId, ctx.env.ifname);
   try {
     trace('bridge: sockets open');
     const br = await ensureBridge(host, cfg, vlanFiltering);
@@ -149,6 +151,13 @@ async function add(ctx: Ctx): Promise<Result> {
     }
 
     trace('bridge: veth attached');
+    if (cfg.macspoofchk) {
+      // As the reference: only the container's MAC may enter the bridge from its veth.
+      const { spoofCheckSetup } = await import('../../lib/nft/spoofcheck.js');
+      spoofCheckSet = true; // one nft transaction: all or nothing, but a kill right after must still be undone
+      await spoofCheckSetup(hostName, contLink.mac, spoofId);
+      trace('bridge: spoofcheck set');
+    }
     // Addresses come from the IPAM plugin, run as a runtime would.
     const ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
     ipamDone = true;
@@ -229,6 +238,7 @@ async function add(ctx: Ctx): Promise<Result> {
       const l = await cont.linkByName(ctx.env.ifname).catch(() => undefined);
       if (l) await cont.deleteLink(l.index).catch(() => undefined);
     }
+    if (spoofCheckSet) await import('../../lib/nft/spoofcheck.js').then((m) => m.spoofCheckTeardown(spoofId)).catch(() => undefined);
     if (ipamDone) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
     if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
     throw toCniError(err);
@@ -271,6 +281,10 @@ async function del(ctx: Ctx): Promise<void> {
     }
   }
   trace('bridge: link deleted');
+  if (cfg.macspoofchk) {
+    const { spoofCheckTeardown } = await import('../../lib/nft/spoofcheck.js');
+    await spoofCheckTeardown(spoofCheckId(ctx.env.containerId, ctx.env.ifname)).catch((e) => errors.push(toCniError(e)));
+  }
   if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx), [...known]).catch((e) => errors.push(toCniError(e)));
   if (errors.length) throw errors[0];
 }
@@ -296,6 +310,10 @@ async function check(ctx: Ctx): Promise<void> {
     if (contIf.mac && contIf.mac.toLowerCase() !== l.mac) throw fail(`${ctx.env.ifname} has MAC ${l.mac}, expected ${contIf.mac}`);
     const hostVeth = l.peerIndex !== undefined ? await host.linkByIndex(l.peerIndex) : undefined;
     if (!hostVeth || hostVeth.master !== br.index) throw fail(`the host end of ${ctx.env.ifname} is not a port of ${cfg.bridge}`);
+    if (cfg.macspoofchk) {
+      const { spoofCheckVerify } = await import('../../lib/nft/spoofcheck.js');
+      await spoofCheckVerify(hostVeth.name, l.mac, spoofCheckId(ctx.env.containerId, ctx.env.ifname));
+    }
 
     const addrs = await cont.addresses(l.index);
     const ifIndex = prev.interfaces.indexOf(contIf);

@@ -184,6 +184,7 @@ export class FuzzWorld {
       'echo "##ipt4"; iptables-save',
       'echo "##ipt6"; ip6tables-save',
       'echo "##tc"; tc qdisc show',
+      'echo "##nft"; nft -j list ruleset bridge 2>/dev/null',
       'echo "##sysctl"; grep -H . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv4/conf/*/route_localnet 2>/dev/null',
     ].join('\n');
     // One process tree for the whole snapshot: the slots' namespaces through `ip -n`.
@@ -330,6 +331,22 @@ function parseSections(text: string, tag: string, out: string[]): void {
       case 'sysctl':
         for (const raw of body.split('\n')) if (raw.trim()) out.push(`${tag} sysctl ${raw.trim()}`);
         break;
+      case 'nft': {
+        // bridge's macspoofchk (the bridge family's tables: iptables-nft's own are read above).
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        let items: any[] = [];
+        try {
+          items = body.trim() ? JSON.parse(body).nftables : [];
+        } catch {
+          out.push(`${tag} nft unreadable`);
+        }
+        for (const it of items) {
+          if (it.table) out.push(`${tag} nft table ${it.table.family} ${it.table.name}`);
+          else if (it.chain) out.push(`${tag} nft chain ${it.chain.family} ${it.chain.table} ${it.chain.name} hook=${it.chain.hook ?? '-'} prio=${it.chain.prio ?? '-'}`);
+          else if (it.rule) out.push(`${tag} nft rule ${it.rule.family} ${it.rule.table} ${it.rule.chain} ${JSON.stringify(it.rule.expr)} comment=${it.rule.comment ?? '-'}`);
+        }
+        break;
+      }
     }
   }
 }

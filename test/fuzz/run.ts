@@ -118,6 +118,8 @@ const SHARED: Record<string, ((l: string, bridges: Set<string>) => boolean)[]> =
     (l, br) => /^host route .* dev=(\S+) /.test(l) && br.has(/ dev=(\S+) /.exec(l)![1]),
     (l) => /^host sysctl \/proc\/sys\/net\/ipv[46]\/(ip_forward|conf\/all\/forwarding)/.test(l),
     (l, br) => /^host sysctl \/proc\/sys\/net\/ipv4\/conf\/([^/]+)\//.test(l) && br.has(/conf\/([^/]+)\//.exec(l)![1]),
+    // macspoofchk's table and base chain stay (as the reference leaves them); the per-container chains and rules go.
+    (l) => /^host nft (table bridge nat$|chain bridge nat PREROUTING hook=prerouting )/.test(l),
   ],
   // The shared chains and their jumps, the admin chain the config names, the isolation stages.
   firewall: [

@@ -105,6 +105,45 @@ describe('bridge + host-local in real namespaces', () => {
     expect(allocations()).toEqual([]);
   });
 
+  it('macspoofchk: frames with another MAC are dropped at the bridge; the nft layout is the reference\'s; DEL removes it', () => {
+    const nftTable = (s = sb) => s.inHost(['nft', 'list', 'table', 'bridge', 'nat']).stdout;
+    const c = sb.container();
+    const conf = netconf({ macspoofchk: true });
+    const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'spoof1', netns: c.path }, conf);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const [veth, mac] = [r.json.interfaces[1].name as string, r.json.interfaces[2].mac as string];
+    expect(nftTable()).toContain(`iifname "${veth}" jump cni-br-iface-spoof1-eth0 comment "macspoofchk-spoof1-eth0"`);
+    expect(nftTable()).toContain(`ether saddr ${mac} return comment "macspoofchk-spoof1-eth0"`);
+    expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '2', '10.77.0.1']).code).toBe(0);
+    // The container takes another MAC: its frames no longer get through.
+    expect(sb.inNs(c.name, ['ip', 'neigh', 'flush', 'all']).code).toBe(0);
+    expect(sb.inNs(c.name, ['ip', 'link', 'set', 'eth0', 'address', '02:11:22:33:44:55']).code).toBe(0);
+    expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '1', '10.77.0.1']).code).not.toBe(0);
+    expect(sb.plugin(BRIDGE, { command: 'CHECK', containerId: 'spoof1', netns: c.path }, { ...conf, prevResult: r.json }).json?.code).toBe(115); // the MAC differs
+    expect(sb.inNs(c.name, ['ip', 'link', 'set', 'eth0', 'address', mac]).code).toBe(0);
+    expect(sb.inNs(c.name, ['ping', '-c', '1', '-W', '2', '10.77.0.1']).code).toBe(0);
+    expect(sb.plugin(BRIDGE, { command: 'CHECK', containerId: 'spoof1', netns: c.path }, { ...conf, prevResult: r.json }).code).toBe(0);
+
+    // The reference bridge writes the same table for the same container (handles, veth and MAC aside).
+    const ref = new Sandbox('brref');
+    try {
+      const rc = ref.container();
+      const rr = ref.plugin('/usr/lib/cni/bridge', { command: 'ADD', containerId: 'spoof1', netns: rc.path, path: '/usr/lib/cni' }, { ...conf, ipam: { ...conf.ipam, dataDir: join(ref.dir, 'ipam') } });
+      expect(rr.code, rr.stdout + rr.stderr).toBe(0);
+      const norm = (text: string, v: string, m: string) => text.replaceAll(v, 'VETH').replaceAll(m, 'MAC').replace(/ # handle \d+/g, '');
+      expect(norm(nftTable(), veth, mac)).toBe(norm(nftTable(ref), rr.json.interfaces[1].name, rr.json.interfaces[2].mac));
+      // Our DEL removes what the reference's ADD made (same names and comments).
+      expect(ref.plugin(BRIDGE, { command: 'DEL', containerId: 'spoof1', netns: rc.path }, { ...conf, ipam: { ...conf.ipam, dataDir: join(ref.dir, 'ipam') } }).code).toBe(0);
+      expect(nftTable(ref)).not.toContain('spoof1');
+    } finally {
+      ref.cleanup();
+    }
+
+    expect(sb.plugin(BRIDGE, { command: 'DEL', containerId: 'spoof1', netns: c.path }, { ...conf, prevResult: r.json }).code).toBe(0);
+    expect(nftTable()).not.toContain('spoof1');
+    expect(sb.plugin(BRIDGE, { command: 'DEL', containerId: 'spoof1', netns: c.path }, conf).code).toBe(0); // again: fine
+  });
+
   it('CHECK with cniVersion below 0.4.0 is code 1', () => {
     const c = sb.container();
     const r = sb.plugin(BRIDGE, { command: 'CHECK', containerId: 'ctr1', netns: c.path }, netconf({ cniVersion: '0.3.1' }));
