@@ -15,6 +15,27 @@ export const BIN = join(ROOT, 'bin');
 let counter = 0;
 const unique = (tag: string) => `cnits-${tag}-${process.pid}-${++counter}`;
 
+/**
+ * A test process killed from outside (a timeout, ^C) never reaches its
+ * cleanup: the first sandbox of each process removes the namespaces such a
+ * process left, recognised by the test pid in their name (`unique`) when
+ * that pid is no longer alive.
+ */
+let swept = false;
+function sweepOrphans(): void {
+  if (swept) return;
+  swept = true;
+  for (const line of sh(['ip', 'netns', 'list']).stdout.split('\n')) {
+    const m = /^(cnits-[a-z0-9]+-(\d+)-\d+)\b/.exec(line);
+    if (!m) continue;
+    try {
+      process.kill(Number(m[2]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') sh(['ip', 'netns', 'del', m[1]]);
+    }
+  }
+}
+
 export function sh(argv: string[], input?: string): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8' });
   return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
@@ -49,6 +70,7 @@ export class Sandbox {
   private containers: string[] = [];
 
   constructor(tag: string) {
+    sweepOrphans();
     this.host = unique(tag);
     this.dir = mkdtempSync(join(tmpdir(), `${this.host}-`));
     must(['ip', 'netns', 'add', this.host]);
