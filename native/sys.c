@@ -44,28 +44,6 @@ static napi_value js_setns(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* flock(fd: number, exclusive: boolean, wait: boolean): boolean — false when
- * the lock is held elsewhere and wait is false. */
-static napi_value js_flock(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], ret;
-  int32_t fd;
-  bool exclusive = true, wait = false;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_value_bool(env, argv[1], &exclusive) != napi_ok ||
-      napi_get_value_bool(env, argv[2], &wait) != napi_ok) {
-    napi_throw_type_error(env, NULL, "flock(fd, exclusive, wait) needs a number and two booleans");
-    return NULL;
-  }
-  int op = (exclusive ? LOCK_EX : LOCK_SH) | (wait ? 0 : LOCK_NB);
-  int rc;
-  do rc = flock(fd, op); while (rc != 0 && errno == EINTR);
-  if (rc != 0 && errno != EWOULDBLOCK) return throw_errno(env, errno);
-  napi_get_boolean(env, rc == 0, &ret);
-  return ret;
-}
-
 static void on_alarm(int sig) { (void)sig; }
 
 static double now_ms(void) {
@@ -146,8 +124,6 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "setns", NAPI_AUTO_LENGTH, js_setns, NULL, &fn);
   napi_set_named_property(env, exports, "setns", fn);
-  napi_create_function(env, "flock", NAPI_AUTO_LENGTH, js_flock, NULL, &fn);
-  napi_set_named_property(env, exports, "flock", fn);
   napi_create_function(env, "flockWait", NAPI_AUTO_LENGTH, js_flock_wait, NULL, &fn);
   napi_set_named_property(env, exports, "flockWait", fn);
   return exports;

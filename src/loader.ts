@@ -3,8 +3,7 @@ import { basename } from 'node:path';
 import { getAsset } from 'node:sea';
 import { Script } from 'node:vm';
 import { readStdin } from '../lib/cni/stdin.js';
-import { isSupported, LATEST_VERSION, sniffVersion, versionInfo } from '../lib/cni/version.js';
-import { toCniError } from '../lib/cni/errors.js';
+import { errorOutput, sniffVersion, versionInfo } from '../lib/cni/version.js';
 
 /**
  * The standalone binary's main script (scripts/build.mjs). VERSION — which
@@ -22,8 +21,7 @@ function answerVersion(): void {
     stdin = readStdin();
     output = versionInfo(sniffVersion(stdin));
   } catch (err) {
-    const v = sniffVersion(stdin);
-    output = toCniError(err).toJSON(v && isSupported(v) ? v : LATEST_VERSION);
+    output = errorOutput(err, stdin);
     process.exitCode = 1;
   }
   writeSync(1, `${JSON.stringify(output)}\n`);

@@ -39,13 +39,13 @@ async function warmUp(): Promise<number> {
   ]);
   await Promise.all([import('../lib/cni/delegate.js'), import('../lib/manager/cli.js')]);
   const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/warm' }], ips: [{ address: '10.0.0.2/24', gateway: '10.0.0.1', interface: 0 }], routes: [{ dst: '0.0.0.0/0' }] };
+  readEnv({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'warm', CNI_NETNS: '/run/netns/warm', CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=warm' });
+  parseResult(prevResult);
   for (const [name, load] of Object.entries(PLUGINS)) {
     const plugin = await load();
     const stdin = Buffer.from(JSON.stringify({ cniVersion: '1.0.0', name: 'warm', type: name, prevResult }));
     try {
-      readEnv({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'warm', CNI_NETNS: '/run/netns/warm', CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=warm' });
       parseCniArgs('IgnoreUnknown=1;K8S_POD_NAME=warm', plugin.knownArgs ?? []);
-      parseResult(prevResult);
       skel.validateConfig(plugin.schema, skel.decodeConfig(stdin));
     } catch (err) {
       skel.errorOutput(err, stdin);
@@ -91,7 +91,7 @@ async function main(): Promise<number> {
     if (outcome.output) print(outcome.output);
     return 0;
   } catch (err) {
-    const { errorOutput } = await import('../lib/cni/skel.js');
+    const { errorOutput } = await import('../lib/cni/version.js');
     const { CniError } = await import('../lib/cni/errors.js');
     if (!(err instanceof CniError)) process.stderr.write(`${name}: ${(err as Error)?.stack ?? err}\n`);
     print(errorOutput(err, stdin));

@@ -1,9 +1,9 @@
 import type { z } from 'zod';
-import { CniError, ErrorCode, toCniError } from './errors.js';
+import { CniError, ErrorCode } from './errors.js';
 import { readEnv, type CniEnv, type Command } from './env.js';
 import { parseCniArgs } from './args.js';
 import { parseResult, formatResult, type Result } from './result.js';
-import { requireSupported, requireAtLeast, versionInfo, isSupported, sniffVersion, type CniVersion, LATEST_VERSION } from './version.js';
+import { requireSupported, requireAtLeast, versionInfo, sniffVersion, errorOutput, type CniVersion } from './version.js';
 import { describeZodError, type BaseNetConf } from './schema.js';
 
 export interface Attachment {
@@ -49,7 +49,7 @@ export interface Outcome {
   result?: Result;
 }
 
-export { sniffVersion };
+export { sniffVersion, errorOutput };
 
 export function decodeConfig(stdin: Buffer): Record<string, unknown> {
   let raw: unknown;
@@ -120,8 +120,3 @@ export function versionOutcome(stdin: Buffer): Outcome {
   return { cniVersion: output.cniVersion, output };
 }
 
-/** The error JSON for stdout, in the config's version where it is readable. */
-export function errorOutput(err: unknown, stdin: Buffer): Record<string, unknown> {
-  const v = sniffVersion(stdin);
-  return toCniError(err).toJSON(v && isSupported(v) ? v : LATEST_VERSION);
-}

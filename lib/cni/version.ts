@@ -1,4 +1,4 @@
-import { CniError, ErrorCode } from './errors.js';
+import { CniError, ErrorCode, toCniError } from './errors.js';
 
 /** Every version this suite reads and writes, oldest first. */
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
@@ -59,4 +59,10 @@ export function sniffVersion(stdin: Buffer): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The error JSON for stdout, in the config's version where it is readable. */
+export function errorOutput(err: unknown, stdin: Buffer): Record<string, unknown> {
+  const v = sniffVersion(stdin);
+  return toCniError(err).toJSON(v && isSupported(v) ? v : LATEST_VERSION);
 }

@@ -1,4 +1,5 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
+import { readRegularFile } from '../exec/files.js';
 import { CniManager, ListError, parseNetworkList, type RuntimeConf } from './network.js';
 import { PluginError } from './exec.js';
 
@@ -35,19 +36,6 @@ options:
   --help             this text
 `;
 
-/** A network list is a regular file of modest size: a FIFO would block the read forever, /dev/zero never ends. */
-function readListFile(path: string): Buffer {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > 64 * 1024 * 1024) throw new Error('larger than 64 MiB');
-    return readFileSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 function fail(msg: string): number {
   process.stderr.write(`cni-manager: ${msg}\n`);
   return 1;
@@ -83,7 +71,7 @@ export async function managerMain(argv: string[]): Promise<number> {
   if (!command || !conflist) return fail(`missing command or conflist\n\n${USAGE}`);
   let list;
   try {
-    list = parseNetworkList(readListFile(conflist));
+    list = parseNetworkList(readRegularFile(conflist, 64 * 1024 * 1024)); // a FIFO or /dev/zero as the list must not hang us
   } catch (err) {
     return fail(`cannot read network list ${conflist}: ${(err as Error).message}`);
   }

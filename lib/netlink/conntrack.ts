@@ -1,6 +1,6 @@
 import { createNetlink } from 'netlink/dist/netlink';
 import { FlagsGet } from 'netlink/dist/constants';
-import { NLA_F_NESTED, parseAttrs } from './attrs.js';
+import { parseAttrs } from './attrs.js';
 
 /**
  * Connection tracking over ctnetlink (NETLINK_NETFILTER), in the namespace
@@ -14,7 +14,6 @@ const IPCTNL_MSG_CT_GET = 1;
 const IPCTNL_MSG_CT_DELETE = 2;
 const NLM_F_REQUEST = 1;
 const NLM_F_ACK = 4;
-const NLA_F_NET_BYTEORDER = 1 << 14;
 const CTA_TUPLE_ORIG = 1;
 const CTA_TUPLE_PROTO = 2;
 const CTA_PROTO_NUM = 1;
@@ -26,19 +25,6 @@ const AF_INET6 = 10;
 const msgType = (m: number) => (NFNL_SUBSYS_CTNETLINK << 8) | m;
 /** struct nfgenmsg: family, version (NFNETLINK_V0), resource id (big endian). */
 const nfgenmsg = (family: number) => Buffer.from([family, 0, 0, 0]);
-
-/** Each attribute's full bytes (header included), by type, in order: a dumped entry is sent back as it came. */
-function rawAttrs(buf: Buffer): { type: number; bytes: Buffer }[] {
-  const out: { type: number; bytes: Buffer }[] = [];
-  let off = 0;
-  while (off + 4 <= buf.length) {
-    const len = buf.readUInt16LE(off);
-    if (len < 4 || off + len > buf.length) break;
-    out.push({ type: buf.readUInt16LE(off + 2) & ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER), bytes: buf.subarray(off, off + len) });
-    off += (len + 3) & ~3;
-  }
-  return out;
-}
 
 /** The original direction's protocol and destination port of a dumped entry. */
 function origProto(attrs: Buffer): { proto?: number; dport?: number } {
@@ -68,9 +54,9 @@ export async function deleteUdpEntries(family: 4 | 6, ports: number[]): Promise<
       const attrs = m.data.subarray(4);
       const { proto, dport } = origProto(attrs);
       if (proto !== IPPROTO_UDP || dport === undefined || !wanted.has(dport)) continue;
-      const body = Buffer.concat(rawAttrs(attrs).map((a) => a.bytes));
       try {
-        await sock.request(msgType(IPCTNL_MSG_CT_DELETE), [nfgenmsg(af), body], { flags: NLM_F_REQUEST | NLM_F_ACK });
+        // The entry's attributes as dumped (CTA_ID among them, so only that very entry goes).
+        await sock.request(msgType(IPCTNL_MSG_CT_DELETE), [nfgenmsg(af), attrs], { flags: NLM_F_REQUEST | NLM_F_ACK });
         deleted++;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;

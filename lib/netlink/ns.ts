@@ -4,11 +4,9 @@ import { loadAddon } from './native.js';
 
 interface SysAddon {
   setns(fd: number): void;
-  flock(fd: number, exclusive: boolean, wait: boolean): boolean;
   flockWait(fd: number, exclusive: boolean, timeoutMs: number): boolean;
 }
 export const sys = (): SysAddon => loadAddon<SysAddon>('sys');
-
 
 let hostFd: number | undefined;
 /** The namespace this process started in (for a plugin: the runtime's host). */

@@ -54,8 +54,8 @@ export async function spoofCheckTeardown(id: string): Promise<void> {
   const c = chains(id);
   const lines = table.rules.filter((r) => r.chain === BASE && r.comment === comment(id)).map((r) => `delete rule ${TABLE} ${BASE} handle ${r.handle}`);
   // Flushed first: a chain is deleted only when nothing refers to it and it is empty.
-  for (const name of [c.iface, c.mac]) if (table.chains.has(name)) lines.push(`flush chain ${TABLE} ${name}`);
-  for (const name of [c.iface, c.mac]) if (table.chains.has(name)) lines.push(`delete chain ${TABLE} ${name}`);
+  const present = [c.iface, c.mac].filter((name) => table.chains.has(name));
+  lines.push(...present.map((name) => `flush chain ${TABLE} ${name}`), ...present.map((name) => `delete chain ${TABLE} ${name}`));
   if (lines.length) await nftApply(`${lines.join('\n')}\n`);
 }
 

@@ -12,7 +12,6 @@ import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, 
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
 import { trace } from '../../lib/cni/trace.js';
-import { spoofCheckId } from '../../lib/nft/spoofcheck.js';
 
 /**
  * bridge: a Linux bridge on the host, a veth pair per container with its
@@ -129,7 +128,6 @@ async function add(ctx: Ctx): Promise<Result> {
   let vethCreated = false;
   let spoofCheckSet = false;
   let ipamDone = false;
-  const spoofId = spoofCheckId(ctx.env.containerId, ctx.env.ifname);
   try {
     trace('bridge: sockets open');
     const br = await ensureBridge(host, cfg, vlanFiltering);
@@ -153,9 +151,9 @@ async function add(ctx: Ctx): Promise<Result> {
     trace('bridge: veth attached');
     if (cfg.macspoofchk) {
       // As the reference: only the container's MAC may enter the bridge from its veth.
-      const { spoofCheckSetup } = await import('../../lib/nft/spoofcheck.js');
+      const { spoofCheckSetup, spoofCheckId } = await import('../../lib/nft/spoofcheck.js');
       spoofCheckSet = true; // one nft transaction: all or nothing, but a kill right after must still be undone
-      await spoofCheckSetup(hostName, contLink.mac, spoofId);
+      await spoofCheckSetup(hostName, contLink.mac, spoofCheckId(ctx.env.containerId, ctx.env.ifname));
       trace('bridge: spoofcheck set');
     }
     // Addresses come from the IPAM plugin, run as a runtime would.
@@ -238,7 +236,7 @@ async function add(ctx: Ctx): Promise<Result> {
       const l = await cont.linkByName(ctx.env.ifname).catch(() => undefined);
       if (l) await cont.deleteLink(l.index).catch(() => undefined);
     }
-    if (spoofCheckSet) await import('../../lib/nft/spoofcheck.js').then((m) => m.spoofCheckTeardown(spoofId)).catch(() => undefined);
+    if (spoofCheckSet) await import('../../lib/nft/spoofcheck.js').then((m) => m.spoofCheckTeardown(m.spoofCheckId(ctx.env.containerId, ctx.env.ifname))).catch(() => undefined);
     if (ipamDone) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
     if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
     throw toCniError(err);
@@ -282,7 +280,7 @@ async function del(ctx: Ctx): Promise<void> {
   }
   trace('bridge: link deleted');
   if (cfg.macspoofchk) {
-    const { spoofCheckTeardown } = await import('../../lib/nft/spoofcheck.js');
+    const { spoofCheckTeardown, spoofCheckId } = await import('../../lib/nft/spoofcheck.js');
     await spoofCheckTeardown(spoofCheckId(ctx.env.containerId, ctx.env.ifname)).catch((e) => errors.push(toCniError(e)));
   }
   if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx), [...known]).catch((e) => errors.push(toCniError(e)));
@@ -311,7 +309,7 @@ async function check(ctx: Ctx): Promise<void> {
     const hostVeth = l.peerIndex !== undefined ? await host.linkByIndex(l.peerIndex) : undefined;
     if (!hostVeth || hostVeth.master !== br.index) throw fail(`the host end of ${ctx.env.ifname} is not a port of ${cfg.bridge}`);
     if (cfg.macspoofchk) {
-      const { spoofCheckVerify } = await import('../../lib/nft/spoofcheck.js');
+      const { spoofCheckVerify, spoofCheckId } = await import('../../lib/nft/spoofcheck.js');
       await spoofCheckVerify(hostVeth.name, l.mac, spoofCheckId(ctx.env.containerId, ctx.env.ifname));
     }
 

@@ -1,28 +1,17 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
+import { readRegularFile } from '../../lib/exec/files.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { DNS } from '../../lib/cni/result.js';
 
 /** A resolv.conf is a few lines; anything bigger is not one. */
 const MAX_BYTES = 1024 * 1024;
 
-/**
- * Reads nameserver, domain, search and options from a resolv.conf-style
- * file. Only a regular file: a FIFO would block the read forever and a
- * character device (/dev/zero) never ends.
- */
+/** Reads nameserver, domain, search and options from a resolv.conf-style file (a regular file only). */
 export function parseResolvConf(path: string): DNS {
   let text: string;
-  let fd: number | undefined;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > MAX_BYTES) throw new Error(`larger than ${MAX_BYTES} bytes`);
-    text = readFileSync(fd, 'utf8');
+    text = readRegularFile(path, MAX_BYTES).toString('utf8');
   } catch (err) {
     throw new CniError(ErrorCode.IOFailure, `failed to read resolvConf ${path}`, (err as Error).message ?? String(err));
-  } finally {
-    if (fd !== undefined) closeSync(fd);
   }
   const dns: Required<DNS> = { nameservers: [], domain: '', search: [], options: [] };
   for (const raw of text.split('\n')) {

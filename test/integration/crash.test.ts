@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, describe, it } from 'vitest';
 import { BIN as BUILT, Sandbox } from '../helpers/sandbox.js';
+import { mulberry32 } from '../fuzz/generate.js';
 
 /**
  * Crash recovery (issue 8, item 4). A plugin is SIGKILLed in the middle of
@@ -421,18 +422,6 @@ function diff(before: Snapshot, after: Snapshot): string {
 
 // ---------------------------------------------------------------- cases
 
-/** Deterministic PRNG for the timed kills (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const BEFORE_ANYTHING = new Set(['main', 'contract loaded']);
 /** Failpoints before a plugin has changed anything. */
 const BEFORE_CHANGES = new Set([
@@ -613,7 +602,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         passes = add.passes; // the second's: a container on this (no longer fresh) host
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = [...failpointsOf(passes), ...timedPoints(passes, TIMED_PER_MODE, prng(KILL_SEED + n))];
+      const points = [...failpointsOf(passes), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
       expect(report(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (alone)` }))).toBe('');
     }, TIMEOUT);
 
@@ -627,7 +616,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
       const { result, passes } = await rt.add(probe, true);
       expect(await rt.del(probe, result)).toEqual([]);
       await rt.removeContainer(probe);
-      const points = [...failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), ...timedPoints(passes, TIMED_PER_MODE, prng(KILL_SEED + 10 + n))];
+      const points = [...failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
       expect(report(await runCases(rt, points, { neighbours: [neighbour], snap: {}, mode: `${name} (neighbour)` }))).toBe('');
     }, TIMEOUT);
   });
@@ -666,7 +655,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         passes = add.passes;
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = [...failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l)), ...timedPoints(passes, TIMED_PER_MODE / 2, prng(KILL_SEED + 20 + n))];
+      const points = [...failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l)), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
       outcomes.push(...(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (GC only)`, gcOnly: true })));
     }
     expect(report(outcomes)).toBe('');
