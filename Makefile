@@ -29,7 +29,7 @@ node_modules/.install.stamp: package-lock.json package.json
 build: deps $(BIN)
 
 $(BIN): $(SOURCES) node_modules/.install.stamp
-	node scripts/build.mjs
+	@mkdir -p .build && flock .build/build.lock node scripts/build.mjs
 
 $(CNITOOL): test/tools/cnitool/main.go test/tools/cnitool/build.sh .build/apt.stamp
 	bash test/tools/cnitool/build.sh $(CNITOOL)
