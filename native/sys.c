@@ -1,16 +1,20 @@
 /*
- * The two system calls the suite needs that neither Node nor the netlink
+ * The system calls the suite needs that neither Node nor the netlink
  * package offers:
  *  - setns(2): joining a network namespace only moves the calling thread, so
  *    callers use it from the main thread and open netlink sockets and
  *    /proc/sys files synchronously right after;
  *  - flock(2): the lock the reference plugins use on their state directories;
  *    the kernel drops it when a process dies, so a SIGKILLed plugin never
- *    leaves a stale lock behind; waited for in the kernel, with a timeout.
+ *    leaves a stale lock behind; waited for in the kernel, with a timeout;
+ *  - execve(2), raw: the binary re-executes itself without NODE_* variables
+ *    (src/loader.ts) with none of Node's exit hooks running first.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -120,12 +124,99 @@ static napi_value js_flock_wait(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/* Frees a NULL-terminated vector made by string_vector. */
+static void free_vector(char **v) {
+  if (!v) return;
+  for (char **p = v; *p; p++) free(*p);
+  free(v);
+}
+
+/* One string of a vector: a Buffer's bytes as they are (environment values
+ * need not be UTF-8), or a string as UTF-8; NULL when it holds a NUL byte. */
+static char *vector_item(napi_env env, napi_value item) {
+  bool is_buffer = false;
+  size_t len = 0;
+  char *out;
+  if (napi_is_buffer(env, item, &is_buffer) != napi_ok) return NULL;
+  if (is_buffer) {
+    void *data;
+    if (napi_get_buffer_info(env, item, &data, &len) != napi_ok || !(out = malloc(len + 1))) return NULL;
+    memcpy(out, data, len);
+    out[len] = 0;
+  } else {
+    if (napi_get_value_string_utf8(env, item, NULL, 0, &len) != napi_ok || !(out = malloc(len + 1))) return NULL;
+    napi_get_value_string_utf8(env, item, out, len + 1, &len);
+  }
+  if (strlen(out) != len) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* A JS array of Buffers or strings as a NULL-terminated char* vector (malloc'ed), or NULL. */
+static char **string_vector(napi_env env, napi_value arr) {
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, arr, &is_array) != napi_ok || !is_array || napi_get_array_length(env, arr, &n) != napi_ok) return NULL;
+  char **v = calloc((size_t)n + 1, sizeof(char *));
+  if (!v) return NULL;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value item;
+    if (napi_get_element(env, arr, i, &item) != napi_ok || !(v[i] = vector_item(env, item))) {
+      free_vector(v);
+      return NULL;
+    }
+  }
+  return v;
+}
+
+/* execve(path: string, argv: (Buffer|string)[], envp: (Buffer|string)[]): never returns on
+ * success — the raw system call: no exit hook of this process runs (Node's
+ * own process.execve runs them: coverage files, compile cache), nothing is
+ * flushed; stdin, stdout and stderr stay open (whatever Node did to them),
+ * other descriptors marked close-on-exec are closed. */
+static napi_value js_execve(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  char path[4096];
+  size_t len = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len) != napi_ok || len == 0 || len >= sizeof path - 1) {
+    napi_throw_type_error(env, NULL, "execve(path, argv, envp) needs a path and two arrays of strings");
+    return NULL;
+  }
+  char **av = string_vector(env, argv[1]);
+  char **ev = string_vector(env, argv[2]);
+  if (!av || !ev || !av[0]) {
+    free_vector(av);
+    free_vector(ev);
+    napi_throw_type_error(env, NULL, "execve(path, argv, envp) needs a path and two arrays of Buffers or strings (without NUL), argv not empty");
+    return NULL;
+  }
+  /* Node marks the inherited descriptors close-on-exec at startup
+   * (uv_disable_stdio_inheritance): stdin, stdout and stderr must stay. */
+  int saved[3];
+  for (int fd = 0; fd < 3; fd++) {
+    saved[fd] = fcntl(fd, F_GETFD);
+    if (saved[fd] >= 0 && (saved[fd] & FD_CLOEXEC)) fcntl(fd, F_SETFD, saved[fd] & ~FD_CLOEXEC);
+  }
+  execve(path, av, ev);
+  int err = errno;
+  for (int fd = 0; fd < 3; fd++) if (saved[fd] >= 0) fcntl(fd, F_SETFD, saved[fd]);
+  free_vector(av);
+  free_vector(ev);
+  return throw_errno(env, err);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "setns", NAPI_AUTO_LENGTH, js_setns, NULL, &fn);
   napi_set_named_property(env, exports, "setns", fn);
   napi_create_function(env, "flockWait", NAPI_AUTO_LENGTH, js_flock_wait, NULL, &fn);
   napi_set_named_property(env, exports, "flockWait", fn);
+  napi_create_function(env, "execve", NAPI_AUTO_LENGTH, js_execve, NULL, &fn);
+  napi_set_named_property(env, exports, "execve", fn);
   return exports;
 }
 

@@ -28,6 +28,14 @@ function pluginName(): string {
 }
 
 /**
+ * Build-time only: scripts/build.mjs runs the bundle with plain node and
+ * sets this global before it does; nothing outside the process can set a
+ * global in the shipped binary (its NODE_OPTIONS are ignored), so unlike an
+ * environment variable it cannot be used to make a plugin skip its work.
+ */
+const warmUpAsked = () => (globalThis as Record<symbol, unknown>)[Symbol.for('cni-ts.build-warm-up')] === true;
+
+/**
  * Build-time only (scripts/build.mjs): evaluate every module and the common
  * paths so the V8 code cache shipped in the binary holds compiled code for
  * them, not just for the top level.
@@ -56,7 +64,7 @@ async function warmUp(): Promise<number> {
 
 async function main(): Promise<number> {
   trace('main');
-  if (process.env.CNI_TS_WARMUP === 'build') return warmUp();
+  if (warmUpAsked()) return warmUp();
   // In the binary argv is [exec, exec, ...args].
   const userArgs = process.argv.slice(2);
   if (basename(process.argv0 || '') === 'cni-manager' || userArgs[0] === 'cni-manager') {
@@ -71,14 +79,14 @@ async function main(): Promise<number> {
     return 1;
   }
   if (command === '') {
-    process.stderr.write(`CNI ${name} plugin (${SUITE})\nCNI protocol versions supported: ${versionInfo(undefined).supportedVersions.join(', ')}\n`);
+    process.stderr.write(`CNI ${name} plugin (${SUITE})\nCNI protocol versions supported: ${versionInfo(undefined, name).supportedVersions.join(', ')}\n`);
     return 0;
   }
   let stdin: Buffer = Buffer.alloc(0);
   try {
     stdin = readStdin();
     if (command === 'VERSION') {
-      print(versionInfo(sniffVersion(stdin)));
+      print(versionInfo(sniffVersion(stdin), name));
       return 0;
     }
     const [{ invoke }, { registerInProcessPlugins }] = await Promise.all([import('../lib/cni/skel.js'), import('../lib/cni/delegate.js')]);

@@ -60,6 +60,8 @@ export async function delegate(req: DelegateRequest): Promise<Result | undefined
     CNI_ARGS: req.env.args,
     CNI_PATH: req.env.path.join(':'),
   };
+  // The delegate gets the same namespace; if the caller's own one was allowed for us, it is for it.
+  if (req.env.netnsOverride) vars.CNI_NETNS_OVERRIDE = '1';
   const loader = inProcess && selfPath && sameFile(file, selfPath) ? inProcess(req.type) : undefined;
   if (loader) {
     const { invoke } = await import('./skel.js');

@@ -11,6 +11,11 @@ export interface CniEnv {
   ifname: string;
   args: string;
   path: string[];
+  /**
+   * CNI_NETNS_OVERRIDE: the runtime states that CNI_NETNS may be the
+   * namespace it calls from (libcni's variable, "1" or "true" in any case).
+   */
+  netnsOverride: boolean;
 }
 
 // Which variables each command needs (as the reference skel requires them).
@@ -69,6 +74,7 @@ export function readEnv(vars: NodeJS.ProcessEnv): CniEnv {
     ifname: vars.CNI_IFNAME ?? '',
     args: vars.CNI_ARGS ?? '',
     path: (vars.CNI_PATH ?? '').split(':').filter((p) => p !== ''),
+    netnsOverride: /^(1|true)$/i.test(vars.CNI_NETNS_OVERRIDE ?? ''),
   };
   if (REQUIRED.CNI_CONTAINERID.includes(cmd)) validateContainerId(env.containerId);
   if (REQUIRED.CNI_IFNAME.includes(cmd)) validateIfname(env.ifname);

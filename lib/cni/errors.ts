@@ -7,6 +7,8 @@ export const ErrorCode = {
   IOFailure: 5,
   DecodingFailure: 6,
   InvalidNetworkConfig: 7,
+  /** CNI_NETNS unusable for this call (libcni's ErrInvalidNetNS): here, the caller's own namespace. */
+  InvalidNetNS: 8,
   TryAgainLater: 11,
   NotAvailable: 50,
   Limited: 51,

@@ -1,9 +1,19 @@
+import { testHook, TEST_HOOKS } from './hooks.js';
+
+export { testHook };
+
 /**
  * Named points of a plugin's work, for two uses:
- *  - CNI_TS_TRACE=1: phase timings on stderr (`make bench` investigations);
+ *  - CNI_TS_TRACE=1: phase timings on stderr (`make bench` investigations).
+ *    Honoured by the shipped binary too: it only prints (the label and the
+ *    time since start) on stderr, which the runtime shows or drops, and
+ *    changes nothing a plugin does — `failpoints()` stays false there, so
+ *    not even the order of writes differs — and `make bench` measures the
+ *    shipped binary with it;
  *  - CNI_TS_KILL_AT=<label> or <label>#<n>: a failpoint — the process
  *    SIGKILLs itself the n-th time (default the first) `trace(label)` is
- *    reached, as a crash would (test/integration/crash.test.ts).
+ *    reached, as a crash would (test/integration/crash.test.ts). A test hook
+ *    (lib/cni/hooks.ts): only the test build reads it.
  * The environment is read once, at the first call (at run time, never at
  * snapshot time); with neither variable set a call is one comparison.
  */
@@ -15,7 +25,7 @@ let hits = 0;
 
 function init(): 0 | 1 {
   tracing = Boolean(process.env.CNI_TS_TRACE);
-  const k = process.env.CNI_TS_KILL_AT;
+  const k = testHook('CNI_TS_KILL_AT');
   if (k) {
     const m = /^(.*)#(\d+)$/.exec(k);
     killLabel = m ? m[1] : k;
@@ -30,7 +40,11 @@ export function trace(what: string): void {
   if (what === killLabel && ++hits === killAt) process.kill(process.pid, 'SIGKILL');
 }
 
-/** Whether tracing or a failpoint is on: code that changes its own course for a failpoint asks this first. */
+/**
+ * Whether failpoints may fire (a test build, tracing or a failpoint armed):
+ * code that changes its own course for a failpoint asks this first. Tracing
+ * in a test build counts, so that a traced run lists every failpoint.
+ */
 export function failpoints(): boolean {
-  return (state ??= init()) === 1;
+  return TEST_HOOKS && (state ??= init()) === 1;
 }

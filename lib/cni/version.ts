@@ -1,12 +1,39 @@
 import { CniError, ErrorCode, toCniError } from './errors.js';
 
-/** Every version this suite reads and writes, oldest first. */
-export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+/**
+ * Every version this suite reads and writes, oldest first: those of the
+ * reference plugins (containernetworking/plugins 1.1.1) plus 1.1.0. 0.1.0 and
+ * 0.2.0 results have their own shape (`ip4`/`ip6`, see result.ts).
+ */
+export const SUPPORTED_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export type CniVersion = (typeof SUPPORTED_VERSIONS)[number];
 export const LATEST_VERSION: CniVersion = '1.1.0';
 
-export function isSupported(v: string): v is CniVersion {
-  return (SUPPORTED_VERSIONS as readonly string[]).includes(v);
+const from = (oldest: CniVersion): readonly CniVersion[] => SUPPORTED_VERSIONS.slice(SUPPORTED_VERSIONS.indexOf(oldest));
+
+/**
+ * Plugins that declare fewer versions. bandwidth and firewall as their
+ * reference binaries do (`VERSION` of Debian's 1.1.1: bandwidth from 0.3.0,
+ * firewall from 0.4.0); aos-firewall and traffic-accounting have no reference
+ * and only work chained, which 0.1.0/0.2.0 cannot express. Every other plugin
+ * (and the reference's bridge, host-local, portmap, tuning, loopback,
+ * dnsname) speaks all of SUPPORTED_VERSIONS.
+ */
+const PLUGIN_VERSIONS: ReadonlyMap<string, readonly CniVersion[]> = new Map([
+  ['bandwidth', from('0.3.0')],
+  ['firewall', from('0.4.0')],
+  ['aos-firewall', from('0.3.0')],
+  ['traffic-accounting', from('0.3.0')],
+]);
+
+/** The versions a plugin (by its invoked name) declares; all of them when the name is not known. */
+export function supportedVersions(plugin?: string): readonly CniVersion[] {
+  return (plugin !== undefined && PLUGIN_VERSIONS.get(plugin)) || SUPPORTED_VERSIONS;
+}
+
+/** Whether the suite can read and write results of this version at all. */
+export function isSupported(v: string, plugin?: string): v is CniVersion {
+  return (supportedVersions(plugin) as readonly string[]).includes(v);
 }
 
 /** Compares dotted versions numerically: <0, 0 or >0. */
@@ -20,13 +47,14 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
-export function requireSupported(v: string | undefined): CniVersion {
+/** The config's version, checked against what the plugin declares. No cniVersion means 0.1.0 (as the reference). */
+export function requireSupported(v: string | undefined, plugin?: string): CniVersion {
   const version = v === undefined || v === '' ? '0.1.0' : v;
-  if (!isSupported(version)) {
+  if (!isSupported(version, plugin)) {
     throw new CniError(
       ErrorCode.IncompatibleVersion,
       'incompatible CNI versions',
-      `config is "${version}", plugin supports ${JSON.stringify(SUPPORTED_VERSIONS)}`,
+      `config is "${version}", plugin supports ${JSON.stringify(supportedVersions(plugin))}`,
     );
   }
   return version;
@@ -43,11 +71,11 @@ export function requireAtLeast(v: string, min: string, command: string): void {
   }
 }
 
-/** The VERSION command's answer: the caller's version echoed when we speak it. */
-export function versionInfo(asked: string | undefined): { cniVersion: string; supportedVersions: string[] } {
+/** The VERSION command's answer: the caller's version echoed when the plugin speaks it. */
+export function versionInfo(asked: string | undefined, plugin?: string): { cniVersion: string; supportedVersions: string[] } {
   return {
-    cniVersion: asked !== undefined && isSupported(asked) ? asked : LATEST_VERSION,
-    supportedVersions: [...SUPPORTED_VERSIONS],
+    cniVersion: asked !== undefined && isSupported(asked, plugin) ? asked : LATEST_VERSION,
+    supportedVersions: [...supportedVersions(plugin)],
   };
 }
 

@@ -1,6 +1,6 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
-import { failpoints, trace } from '../cni/trace.js';
+import { failpoints, testHook, trace } from '../cni/trace.js';
 import { statSync } from 'node:fs';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { withFileLock } from '../exec/lock.js';
@@ -91,10 +91,10 @@ export function parseSave(text: string, keep?: (line: string) => boolean): Map<s
 /**
  * The host's iptables: `iptables-restore`/`iptables-save` as the system's
  * alternatives select them (nft or legacy). CNI_TS_IPTABLES=legacy|nft
- * picks one explicitly (the tests run both).
+ * picks one explicitly in the test build (a test hook; the tests run both).
  */
 function tool(f: IpFamily, what: 'save' | 'restore'): string {
-  const backend = process.env.CNI_TS_IPTABLES;
+  const backend = testHook('CNI_TS_IPTABLES');
   const base = f === 6 ? 'ip6tables' : 'iptables';
   return backend === 'legacy' || backend === 'nft' ? `${base}-${backend}-${what}` : `${base}-${what}`;
 }

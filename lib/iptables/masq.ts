@@ -1,5 +1,5 @@
 import { chainName } from './names.js';
-import { apply, Batch, save, type IpFamily, type PendingRestore, type Rule } from './index.js';
+import { apply, Batch, save, transaction, type IpFamily, type PendingRestore, type Rule } from './index.js';
 import { canonicalNetwork, parseCidr } from '../ip/index.js';
 
 /**
@@ -106,23 +106,37 @@ export async function checkMasq(network: string, containerId: string, cidrs: str
   return missing;
 }
 
-/** Removes masquerade chains of this network whose container is not in `validIds`. */
+/**
+ * Removes masquerade chains of this network whose container is not in
+ * `validIds`. The owner record is the comment (`name: "<net>" id: "<id>"`,
+ * the reference's too): only rules naming this network are read. The chain
+ * name hashes network + id run together, so ("a", "bc") and ("ab", "c")
+ * share one: a chain holding a rule of another owner keeps it, only this
+ * network's stale jumps go. Locked and planned like every other change.
+ */
 export async function gcMasq(network: string, validIds: Set<string>, families: IpFamily[]): Promise<void> {
   const re = new RegExp(`^name: ${escapeRe(JSON.stringify(network))} id: "(.*)"$`);
+  const commentOf = (r: Rule) => {
+    const i = r.spec.indexOf('--comment');
+    return i >= 0 ? r.spec[i + 1] : undefined;
+  };
   for (const fam of families) {
-    const state = await save(fam, 'nat');
-    const batch = new Batch('nat');
-    const stale = new Set<string>();
-    for (const r of state.rules) {
-      const i = r.spec.indexOf('--comment');
-      const m = i >= 0 ? re.exec(r.spec[i + 1]) : null;
-      if (!m || validIds.has(m[1])) continue;
-      const chain = chainName(network, m[1]);
-      stale.add(chain);
-      if (r.chain === 'POSTROUTING') batch.delete(r);
-    }
-    for (const chain of stale) if (state.chains.has(chain)) batch.flushChain(chain).deleteChain(chain);
-    await apply(fam, [batch]);
+    await transaction(fam, 'nat', (p) => {
+      // Stale chains, found by any rule of theirs (the jump, or the chain's own rules should a crash have left no jump).
+      const stale = new Map<string, string>(); // chain → its stale owner's comment
+      for (const chain of p.chainNames()) {
+        if (!/^CNI-[0-9a-f]{24}$/.test(chain)) continue;
+        for (const r of [...p.rulesOf(chain), ...p.jumpsTo(chain)]) {
+          const m = re.exec(commentOf(r) ?? '');
+          if (m && !validIds.has(m[1]) && chainName(network, m[1]) === chain) stale.set(chain, commentOf(r)!);
+        }
+      }
+      for (const [chain, owner] of stale) {
+        for (const j of p.jumpsTo(chain)) if (commentOf(j) === owner) p.delete(j);
+        const foreign = p.rulesOf(chain).some((r) => commentOf(r) !== owner) || p.jumpsTo(chain).length > 0;
+        if (!foreign) p.removeChain(chain);
+      }
+    });
   }
 }
 

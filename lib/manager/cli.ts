@@ -16,7 +16,8 @@ commands:
   status <conflist>                STATUS of every plugin (cniVersion 1.1.0 lists)
   gc <conflist> [<instance-id>...] GC: keep only the given instances' attachments
   traffic <conflist>               collect the instances' traffic once and print a table
-  serve <conflist>                 collect every --interval seconds; Prometheus metrics on --metrics-port
+  serve <conflist>                 collect every --interval seconds; Prometheus metrics on --metrics-port;
+                                   a failed collection is logged and retried with backoff; stops on SIGTERM
   traffic-off                      remove the monitor's system chains (AOS_SYSTEM_IN/OUT and their jumps);
                                    instance chains stay with traffic-accounting until their DEL
 
@@ -32,8 +33,10 @@ options:
   --period P         accounting period: minute, hour, day (default), month, year
   --limits JSON      per-instance limits in bytes, e.g. '{"inst-1":{"download":1000000}}'
   --interval SEC     serve: seconds between collections (default 60)
-  --metrics-port N   serve: Prometheus text metrics on 127.0.0.1:N
+  --metrics-port N   serve: Prometheus text metrics on 127.0.0.1:N (a port in use: exit 1 at once)
   --help             this text
+
+exit status: 0 success, 1 failure (the reason on stderr)
 `;
 
 function fail(msg: string): number {

@@ -1,12 +1,48 @@
-import { createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { writeSync } from 'node:fs';
-import { ensureSystemChains, openDb, TrafficMonitor, type Instance, type Period, type Usage } from './traffic.js';
+import { z } from 'zod';
+import { ensureSystemChains, openDb, period, TrafficMonitor, type Instance, type Usage } from './traffic.js';
 import type { CniManager, NetworkList } from './network.js';
 import { stdHashHex } from '../iptables/stdhash.js';
+import { CniError } from '../cni/errors.js';
+
+const limit = z.object({ download: z.number().int().nonnegative().optional(), upload: z.number().int().nonnegative().optional() }).strict();
+export type Limit = z.infer<typeof limit>;
+
+/**
+ * `--limits` JSON into a Map: instance ids are the operator's input and a
+ * plain object would answer `constructor` or `__proto__` from its prototype.
+ */
+export function parseLimits(text: string | undefined): Map<string, Limit> {
+  const out = new Map<string, Limit>();
+  if (text === undefined) return out;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`--limits is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('--limits must be an object of instance id → {download, upload}');
+  for (const [id, v] of Object.entries(raw)) {
+    const r = limit.safeParse(v);
+    if (!r.success) throw new Error(`--limits for ${JSON.stringify(id)}: ${r.error.issues.map((i) => `${i.path.join('.') || 'value'}: ${i.message}`).join('; ')}`);
+    out.set(id, r.data);
+  }
+  return out;
+}
+
+/** The options of `traffic` and `serve`, as given on the command line (strings). */
+const trafficOptions = z.object({
+  db: z.string().min(1).optional(),
+  period: period.default('day'),
+  interval: z.coerce.number().positive().max(86_400).default(60),
+  'metrics-port': z.coerce.number().int().min(1).max(65_535).optional(),
+  limits: z.string().optional(),
+});
 
 /** The instances of a list that carry traffic-accounting, from the result cache. */
-export function instancesOf(list: NetworkList, mgr: CniManager, limits: Record<string, { download?: number; upload?: number }>): Instance[] {
+export function instancesOf(list: NetworkList, mgr: CniManager, limits: ReadonlyMap<string, Limit>): Instance[] {
   const out: Instance[] = [];
   for (const e of mgr.cache.list(list.name)) {
     let cfg: NetworkList;
@@ -20,25 +56,99 @@ export function instancesOf(list: NetworkList, mgr: CniManager, limits: Record<s
     if (!ta || !ip) continue;
     const id = typeof ta.instanceId === 'string' ? ta.instanceId : e.containerId;
     const h = stdHashHex(id);
-    out.push({ id, ip, inChain: `AOS_${h}_IN`, outChain: `AOS_${h}_OUT`, downloadLimit: limits[id]?.download, uploadLimit: limits[id]?.upload });
+    out.push({ id, ip, inChain: `AOS_${h}_IN`, outChain: `AOS_${h}_OUT`, downloadLimit: limits.get(id)?.download, uploadLimit: limits.get(id)?.upload });
   }
   return out;
 }
 
+/** An id as one table cell: control characters (a newline would start a fake row) shown escaped. */
+const cell = (s: string) => (/[\x00-\x1f\x7f]/.test(s) ? JSON.stringify(s) : s);
+
 function table(rows: Usage[]): string {
   const head = ['instance', 'download', 'upload', 'limit (down/up)', 'state'];
-  const lines = rows.map((u) => [u.id, String(u.download), String(u.upload), `${u.downloadLimit ?? '-'}/${u.uploadLimit ?? '-'}`, u.blocked ? 'BLOCKED' : 'ok']);
+  const lines = rows.map((u) => [cell(u.id), String(u.download), String(u.upload), `${u.downloadLimit ?? '-'}/${u.uploadLimit ?? '-'}`, u.blocked ? 'BLOCKED' : 'ok']);
   const w = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
   return [head, ...lines].map((l) => l.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd()).join('\n') + '\n';
 }
 
-export async function trafficCommand(command: 'traffic' | 'serve', list: NetworkList, mgr: CniManager, opts: Record<string, string>): Promise<number> {
+/**
+ * A label value in the Prometheus text exposition format: backslash, double
+ * quote and line feed are the three characters it escapes. Unescaped, an
+ * instance id with `"` and a newline ended its series and wrote another.
+ */
+export function escapeLabelValue(v: string): string {
+  return v.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
+}
+
+export interface MetricsState {
+  /** The last successful collection's rows. */
+  usage: Usage[];
+  collectMs: number;
+  /** Collections that failed since serve started. */
+  failures: number;
+  /** Unix time (ms) of the last successful collection, 0 before the first. */
+  lastSuccess: number;
+}
+
+export function metricsText(s: MetricsState): string {
+  const series = (name: string, help: string, value: (u: Usage) => number) => [
+    `# HELP ${name} ${help}`,
+    `# TYPE ${name} gauge`,
+    ...s.usage.map((u) => `${name}{instance="${escapeLabelValue(u.id)}"} ${value(u)}`),
+  ];
+  return [
+    ...series('cni_instance_download_bytes', 'Bytes received by the instance in the current accounting period.', (u) => u.download),
+    ...series('cni_instance_upload_bytes', 'Bytes sent by the instance in the current accounting period.', (u) => u.upload),
+    ...series('cni_instance_blocked', '1 while the instance is over its limit and its traffic dropped.', (u) => (u.blocked ? 1 : 0)),
+    '# HELP cni_traffic_collect_seconds Duration of the last successful collection.',
+    '# TYPE cni_traffic_collect_seconds gauge',
+    `cni_traffic_collect_seconds ${(s.collectMs / 1000).toFixed(4)}`,
+    '# HELP cni_traffic_collect_failures_total Collections that failed since serve started.',
+    '# TYPE cni_traffic_collect_failures_total counter',
+    `cni_traffic_collect_failures_total ${s.failures}`,
+    '# HELP cni_traffic_last_success_timestamp_seconds Unix time of the last successful collection (0: none yet).',
+    '# TYPE cni_traffic_last_success_timestamp_seconds gauge',
+    `cni_traffic_last_success_timestamp_seconds ${(s.lastSuccess / 1000).toFixed(3)}`,
+  ].join('\n') + '\n';
+}
+
+/** One line for the log: the first line of an error's details (iptables-restore's input stays out). */
+function describe(err: unknown): string {
+  if (err instanceof CniError) return err.details ? `${err.msg}: ${err.details.split('\n')[0]}` : err.msg;
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0];
+}
+
+const log = (msg: string) => process.stderr.write(`cni-manager serve: ${msg}\n`);
+
+/** Listens on 127.0.0.1:port; a port that cannot be had is a plain Error with a clear message. */
+function listen(server: Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') reject(new Error(`metrics port ${port} on 127.0.0.1 is already in use`));
+      else if (err.code === 'EACCES') reject(new Error(`not allowed to listen on 127.0.0.1:${port}`));
+      else reject(new Error(`cannot listen on 127.0.0.1:${port}: ${err.message}`));
+    };
+    server.once('error', onError);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+export async function trafficCommand(command: 'traffic' | 'serve', list: NetworkList, mgr: CniManager, argOpts: Record<string, string>): Promise<number> {
+  const parsed = trafficOptions.safeParse(argOpts);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    throw new Error(`--${i.path.join('.')}: ${i.message}`);
+  }
+  const opts = parsed.data;
+  const limits = parseLimits(opts.limits);
   const db = await openDb(opts.db ?? join(mgr.cache.dir, 'traffic.db'));
-  const limits = opts.limits ? (JSON.parse(opts.limits) as Record<string, { download?: number; upload?: number }>) : {};
-  const monitor = new TrafficMonitor(db, (opts.period ?? 'day') as Period);
+  const monitor = new TrafficMonitor(db, opts.period);
   try {
-    await ensureSystemChains();
     if (command === 'traffic') {
+      await ensureSystemChains();
       const instances = instancesOf(list, mgr, limits);
       const t0 = performance.now();
       const usage = await monitor.collect(instances);
@@ -46,35 +156,82 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
       writeSync(1, table(usage));
       return 0;
     }
-    let last: Usage[] = [];
-    let collectMs = 0;
-    const tick = async () => {
-      const t0 = performance.now();
-      last = await monitor.collect(instancesOf(list, mgr, limits));
-      collectMs = performance.now() - t0;
-    };
-    await tick();
-    if (opts['metrics-port']) {
-      createServer((_req, res) => {
-        const m = [
-          '# TYPE cni_instance_download_bytes gauge',
-          ...last.map((u) => `cni_instance_download_bytes{instance="${u.id}"} ${u.download}`),
-          '# TYPE cni_instance_upload_bytes gauge',
-          ...last.map((u) => `cni_instance_upload_bytes{instance="${u.id}"} ${u.upload}`),
-          '# TYPE cni_instance_blocked gauge',
-          ...last.map((u) => `cni_instance_blocked{instance="${u.id}"} ${u.blocked ? 1 : 0}`),
-          '# TYPE cni_traffic_collect_seconds gauge',
-          `cni_traffic_collect_seconds ${(collectMs / 1000).toFixed(4)}`,
-        ];
-        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(`${m.join('\n')}\n`);
-      }).listen(Number(opts['metrics-port']), '127.0.0.1');
-    }
-    const every = Number(opts.interval ?? 60) * 1000;
-    for (;;) {
-      await new Promise((r) => setTimeout(r, every));
-      await tick();
-    }
+    return await serve(list, mgr, monitor, limits, opts.interval * 1000, opts['metrics-port']);
   } finally {
-    if (command === 'traffic') db.close();
+    db.close();
+  }
+}
+
+/**
+ * `serve`: the metrics port first (a taken port is a clear error before any
+ * iptables work), then a collection every interval. A failed collection
+ * (iptables-restore failing, SQLite busy, the system chains gone) is logged
+ * and retried with backoff — 1 s, 2 s, 4 s … up to the larger of the
+ * interval and a minute — while the metrics keep the last good numbers and
+ * count the failures. SIGTERM or SIGINT ends it after the collection in
+ * progress, exit 0.
+ */
+async function serve(list: NetworkList, mgr: CniManager, monitor: TrafficMonitor, limits: ReadonlyMap<string, Limit>, everyMs: number, port: number | undefined): Promise<number> {
+  const state: MetricsState = { usage: [], collectMs: 0, failures: 0, lastSuccess: 0 };
+  let server: Server | undefined;
+  if (port !== undefined) {
+    server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(metricsText(state));
+    });
+    await listen(server, port);
+    server.on('error', (err) => log(`metrics server: ${err.message}`));
+  }
+  let stopping = false;
+  let wake = () => {};
+  const stop = () => {
+    stopping = true;
+    wake();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  let systemChains = false;
+  let inARow = 0;
+  /** One collection; the delay before the next. */
+  const tick = async (): Promise<number> => {
+    try {
+      // Made at start and again should someone remove them: the monitor owns them.
+      if (!systemChains) await ensureSystemChains();
+      systemChains = true;
+      const t0 = performance.now();
+      const usage = await monitor.collect(instancesOf(list, mgr, limits));
+      state.collectMs = performance.now() - t0;
+      state.usage = usage;
+      state.lastSuccess = Date.now();
+      systemChains = usage.some((u) => u.id === '(system)');
+      if (inARow > 0) log(`collection recovered after ${inARow} failed attempt${inARow > 1 ? 's' : ''}`);
+      inARow = 0;
+      return everyMs;
+    } catch (err) {
+      inARow++;
+      state.failures++;
+      const delay = Math.min(1000 * 2 ** Math.min(inARow - 1, 20), Math.max(everyMs, 60_000));
+      log(`collection failed (${inARow} in a row): ${describe(err)}; next attempt in ${delay / 1000} s`);
+      return delay;
+    }
+  };
+  try {
+    let delay = await tick();
+    while (!stopping) {
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, delay);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      if (stopping) break;
+      delay = await tick();
+    }
+    return 0;
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+    server?.close();
+    server?.closeAllConnections();
   }
 }

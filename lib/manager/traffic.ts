@@ -1,6 +1,9 @@
+import { closeSync, constants, fchmodSync, fstatSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
+import { z } from 'zod';
 import { trace } from '../cni/trace.js';
-import { apply, Batch, save, transaction, type Rule } from '../iptables/index.js';
+import { apply, Batch, save, transaction, withIptablesLock, type Rule } from '../iptables/index.js';
 
 /**
  * The traffic monitor of the Aos service manager: per-instance download
@@ -11,7 +14,8 @@ import { apply, Batch, save, transaction, type Rule } from '../iptables/index.js
  * instance over its limit has its counting rule swapped for DROP until the
  * next period.
  */
-export type Period = 'minute' | 'hour' | 'day' | 'month' | 'year';
+export const period = z.enum(['minute', 'hour', 'day', 'month', 'year']);
+export type Period = z.infer<typeof period>;
 
 /** Start of the accounting period containing `t` (UTC). */
 export function periodStart(t: Date, period: Period): number {
@@ -57,15 +61,57 @@ export interface Db {
   close(): void;
 }
 
+/**
+ * Makes `path` a regular file of ours with mode 0600 (creating it when
+ * `create`): the totals and limits are the operator's business, and a file
+ * another user owns, or a symlink, could be swapped under us. Opened with
+ * O_NOFOLLOW and checked through the fd, so what is checked is what is fixed.
+ */
+function ownPrivateFile(path: string, create: boolean): void {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK | (create ? constants.O_CREAT : 0), 0o600);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (!create && code === 'ENOENT') return;
+    if (code === 'ELOOP') throw new Error(`${path} is a symbolic link; refusing to use it`);
+    throw err;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
+    const uid = process.getuid?.();
+    if (uid !== undefined && st.uid !== uid) throw new Error(`${path} belongs to uid ${st.uid}, not to us (uid ${uid}); refusing to use it`);
+    if ((st.mode & 0o777) !== 0o600) fchmodSync(fd, 0o600);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export async function openDb(path: string): Promise<Db> {
+  if (path !== ':memory:' && path !== '') {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    // SQLite gives a new -wal and -shm the main file's mode (and owner), so
+    // the main file decides; ones left by an older version are fixed too.
+    ownPrivateFile(path, true);
+    ownPrivateFile(`${path}-wal`, false);
+    ownPrivateFile(`${path}-shm`, false);
+  }
   const db = new DatabaseSync(path) as unknown as Db;
-  db.exec('PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;');
+  // Opening may meet another monitor's write briefly; afterwards collect
+  // waits for the write lock itself, without blocking the event loop.
+  db.exec('PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;');
   // traffic: the total of a chain in the period that started at `time`; counters: the last raw counter read.
   db.exec(`CREATE TABLE IF NOT EXISTS traffic (chain TEXT PRIMARY KEY, time INTEGER NOT NULL, value INTEGER NOT NULL);
            CREATE TABLE IF NOT EXISTS counters (chain TEXT PRIMARY KEY, last INTEGER NOT NULL);
            CREATE TABLE IF NOT EXISTS blocked (chain TEXT PRIMARY KEY, time INTEGER NOT NULL);`);
+  db.exec('PRAGMA busy_timeout=50');
   return db;
 }
+
+/** SQLITE_BUSY (and its extended codes): another connection holds the write lock. */
+const isBusy = (err: unknown) => ((err as { errcode?: number }).errcode ?? 0) % 256 === 5;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export const SYSTEM_IN = 'AOS_SYSTEM_IN';
 export const SYSTEM_OUT = 'AOS_SYSTEM_OUT';
@@ -96,21 +142,27 @@ export async function removeSystemChains(): Promise<void> {
 const countRule = (chain: string, flag: '-s' | '-d', ip: string): Rule => ({ chain, spec: [flag, `${ip}/32`] });
 const dropRule = (chain: string, flag: '-s' | '-d', ip: string): Rule => ({ chain, spec: [flag, `${ip}/32`, '-j', 'DROP'] });
 
-/** The two iptables operations the monitor uses (unit tests give a fake). */
+/** The iptables operations the monitor uses (unit tests give a fake). */
 export interface Iptables {
   save: typeof save;
   apply: typeof apply;
+  /** The per-namespace iptables lock (default withIptablesLock). */
+  lock?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 export class TrafficMonitor {
   private readonly q;
+  private readonly lock: <T>(fn: () => Promise<T>) => Promise<T>;
 
   constructor(
     private readonly db: Db,
     private readonly period: Period = 'day',
     private readonly now: () => Date = () => new Date(),
     private readonly ipt: Iptables = { save, apply },
+    /** How long a collection waits for another connection's SQLite write lock before failing. */
+    private readonly busyMs = 5000,
   ) {
+    this.lock = ipt.lock ?? withIptablesLock;
     // Prepared once: a collection touches every chain.
     this.q = {
       block: db.prepare('INSERT OR REPLACE INTO blocked (chain, time) VALUES (?, ?)'),
@@ -123,9 +175,62 @@ export class TrafficMonitor {
     };
   }
 
-  /** Reads every counter once and updates totals, periods and limits. */
+  /** BEGIN IMMEDIATE, waiting (asynchronously) up to busyMs for another connection's write. */
+  private async begin(): Promise<void> {
+    const until = Date.now() + this.busyMs;
+    for (let wait = 10; ; wait = Math.min(wait * 2, 250)) {
+      try {
+        this.db.exec('BEGIN IMMEDIATE');
+        return;
+      } catch (err) {
+        if (!isBusy(err) || Date.now() >= until) throw err;
+        await sleep(wait);
+      }
+    }
+  }
+
+  /**
+   * Reads every counter once and updates totals, periods and limits.
+   *
+   * One cycle under two locks: SQLite's write lock, then the iptables lock
+   * (every monitor takes them in this order and plugins take only the
+   * second, so none waits for the other in a circle; a monitor waiting for
+   * SQLite holds up no plugin). Under both: read the counters, stage the
+   * new totals and baselines, apply the rule swaps, and only then commit.
+   * A failed apply rolls everything back, so totals, baselines and block
+   * states keep matching the rules that are still in place and the next
+   * collection counts from there (committing first set the baseline of a
+   * counting rule that stayed to 0, and the next collection counted its
+   * bytes twice). Left: a COMMIT failing after a successful apply, which in
+   * WAL with the write lock held takes an I/O error; then a swap is not
+   * recorded, and the next collections undo it and count from the new rule
+   * (bytes since the last commit go uncounted, none twice).
+   */
   async collect(instances: Instance[]): Promise<Usage[]> {
     trace('collect: start');
+    await this.begin();
+    let committed = false;
+    try {
+      return await this.lock(async () => {
+        const usage = await this.cycle(instances);
+        this.db.exec('COMMIT');
+        committed = true;
+        trace('collect: totals stored');
+        return usage;
+      });
+    } finally {
+      if (!committed) {
+        try {
+          this.db.exec('ROLLBACK');
+        } catch {
+          // COMMIT's failure may have ended the transaction already
+        }
+      }
+    }
+  }
+
+  /** The body of collect, in its transaction and under the iptables lock: read, stage, apply. */
+  private async cycle(instances: Instance[]): Promise<Usage[]> {
     const table = await this.ipt.save(4, 'filter', { counters: true, keep: (line) => line.includes(' AOS_') });
     trace('collect: saved and parsed');
     const start = periodStart(this.now(), this.period);
@@ -137,8 +242,6 @@ export class TrafficMonitor {
     }
     const batch = new Batch('filter');
     const usage: Usage[] = [];
-    this.db.exec('BEGIN IMMEDIATE'); // one commit for the whole collection
-    try {
     const lastMap = new Map((this.q.allLast.all() as { chain: string; last: number }[]).map((r) => [r.chain, Number(r.last)]));
     const totMap = new Map((this.q.allTotals.all() as { chain: string; time: number; value: number }[]).map((r) => [r.chain, { time: Number(r.time), value: Number(r.value) }]));
     const newLast = new Map<string, number>();
@@ -195,13 +298,7 @@ export class TrafficMonitor {
     }
     this.q.putLast.run(JSON.stringify([...newLast]));
     this.q.putTotals.run(JSON.stringify([...newTot].map(([c, [t, v]]) => [c, t, v])));
-    this.db.exec('COMMIT');
-    trace('collect: totals stored');
-    } catch (err) {
-      this.db.exec('ROLLBACK');
-      throw err;
-    }
-    await this.ipt.apply(4, [batch]);
+    await this.ipt.apply(4, [batch]); // throws on failure: collect rolls the staged rows back
     return usage;
   }
 }

@@ -45,6 +45,8 @@ export interface LinkInfo {
   kind?: string;
   /** For a veth: the peer's ifindex (in the peer's namespace). */
   peerIndex?: number;
+  /** IFLA_IFALIAS, free text (`ip link set … alias`); bandwidth records an ifb's owner in it. */
+  alias?: string;
 }
 
 export interface AddressInfo {
@@ -136,6 +138,7 @@ export class Rtnl {
       master: m.attrs.master,
       kind: kindBuf ? kindBuf.toString('utf8').replace(/\0+$/, '') : undefined,
       peerIndex: m.attrs.link && m.attrs.link.length >= 4 ? m.attrs.link.readUInt32LE(0) : undefined,
+      ...(m.attrs.ifalias ? { alias: m.attrs.ifalias.replace(/\0+$/, '') } : {}),
     };
   }
 
@@ -227,6 +230,11 @@ export class Rtnl {
 
   async setMac(index: number, mac: string): Promise<void> {
     await this.sock.setLink({ index }, { address: macToBytes(mac) });
+  }
+
+  /** IFLA_IFALIAS (at most 255 bytes; the kernel refuses longer). Not settable at creation: the kernel ignores it in a new link's request. */
+  async setAlias(index: number, alias: string): Promise<void> {
+    await this.sock.setLink({ index }, { ifalias: alias });
   }
 
   async setMtu(index: number, mtu: number): Promise<void> {

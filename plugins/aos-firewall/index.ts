@@ -119,15 +119,15 @@ export default definePlugin({
     // The iptables lock first, then the state file's (see withIptablesLock).
     await withIptablesLock(() => state.update(async (map) => {
       trace('aos-firewall: state locked');
-      const old = map[ctx.config.uuid];
+      const old = map.get(ctx.config.uuid);
       // Written ahead: a crash after the restore must leave DEL the entry the rules are found by.
       // (Not when the entry changes address or chain: DEL must then still find the old rules.)
-      if (!old || (old.address?.IP === entry.address.IP && old.name === entry.name)) state.write({ ...map, [ctx.config.uuid]: entry });
+      if (!old || (old.address.IP === entry.address.IP && old.name === entry.name)) state.write(map.with(ctx.config.uuid, entry));
       await transaction(4, 'filter', (p) => {
-        if (old && (old.address?.IP !== entry.address.IP || old.name !== entry.name)) planDel(p, old);
+        if (old && (old.address.IP !== entry.address.IP || old.name !== entry.name)) planDel(p, old);
         planAdd(p, entry);
       });
-      map[ctx.config.uuid] = entry;
+      map.set(ctx.config.uuid, entry);
     }));
     return ctx.prevResult!;
   },
@@ -136,20 +136,20 @@ export default definePlugin({
   async del(ctx) {
     const state = new StateFile(ctx.config.runtimeStatePath);
     await withIptablesLock(() => state.update(async (map) => {
-      const entry = map[ctx.config.uuid];
+      const entry = map.get(ctx.config.uuid);
       const name = chainName(ctx.config.iptablesAdminChainName, ctx.config.uuid);
       await transaction(4, 'filter', (p) => {
         if (entry) planDel(p, entry);
         // Without an entry (state file wiped) the instance chain is still found by name.
         p.removeChain(name);
       });
-      delete map[ctx.config.uuid];
+      map.delete(ctx.config.uuid);
     }));
   },
 
   async check(ctx) {
     const entry = await entryFor(ctx);
-    const stored = new StateFile(ctx.config.runtimeStatePath).read()[ctx.config.uuid];
+    const stored = new StateFile(ctx.config.runtimeStatePath).read().get(ctx.config.uuid);
     if (!stored) throw new CniError(ErrorCode.CheckFailed, `instance ${ctx.config.uuid} is not in ${ctx.config.runtimeStatePath}`);
     const filter = await save(4, 'filter');
     const have = new Set(filter.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));

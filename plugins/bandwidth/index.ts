@@ -10,6 +10,7 @@ import {
 } from '../../lib/netlink/tc.js';
 import { bandwidthConfig, directions, shaped, type BandwidthConfig, type Direction } from './config.js';
 import { trace } from '../../lib/cni/trace.js';
+import { ownerTag, staleOwned, validKeys } from '../../lib/owner.js';
 
 /**
  * bandwidth: traffic toward the container is shaped by a tbf at the root of
@@ -22,9 +23,21 @@ type Ctx = PluginContext<BandwidthConfig>;
 const LATENCY_S = 0.025; // queue the tbf may hold, as the reference (25 ms)
 const NETEM_LIMIT = 10000;
 
-export function ifbName(containerId: string): string {
-  return `bwp${createHash('sha512').update(containerId).digest('hex').slice(0, 12)}`;
-}
+const bwp = (s: string) => `bwp${createHash('sha512').update(s).digest('hex').slice(0, 12)}`;
+
+/**
+ * The reference's ifb name, `bwp` + 12 hex of sha512(network + containerID)
+ * (Debian's 1.1.1 and later), so either plugin's DEL finds the other's ifb
+ * and one container on two networks gets two ifbs.
+ */
+export const ifbName = (network: string, containerId: string) => bwp(network + containerId);
+
+/** The name this suite's binaries used up to fb6743a (the container id alone): DEL and CHECK still find those ifbs. */
+const legacyIfbName = (containerId: string) => bwp(containerId);
+
+/** The owner record on our ifbs (IFLA_IFALIAS): GC removes only its own network's. */
+const OWNER = 'bandwidth';
+const ownerOf = (ctx: Ctx) => ownerTag(OWNER, { network: ctx.config.name, containerID: ctx.env.containerId, ifname: ctx.env.ifname });
 
 function tbfParams(d: Direction): TbfParams {
   const rate = Math.floor(d.rate / 8);
@@ -86,11 +99,13 @@ async function add(ctx: Ctx): Promise<Result> {
       if (shaped(dirs.ingress)) await install(host, veth.index, dirs.ingress);
       trace('bandwidth: ingress shaped');
       if (shaped(dirs.egress)) {
-        const name = ifbName(ctx.env.containerId);
+        const name = ifbName(ctx.config.name, ctx.env.containerId);
         await host.createIfb(name, veth.mtu);
-        trace('bandwidth: ifb created');
         const ifb = (await host.linkByName(name))!;
         ifbIndex = ifb.index;
+        // Before the failpoint: an ifb that outlives a killed ADD carries its owner, so its network's GC removes it.
+        await host.setAlias(ifb.index, ownerOf(ctx));
+        trace('bandwidth: ifb created');
         await host.setUp(ifb.index);
         trace('bandwidth: ifb up');
         await install(host, ifb.index, dirs.egress);
@@ -117,14 +132,22 @@ async function add(ctx: Ctx): Promise<Result> {
   }
 }
 
-/** Idempotent: the ifb by its name, the veth's qdiscs if the namespace is still there. */
+/**
+ * Idempotent: the ifb by its name (ours and the reference's; or the older
+ * name by container id alone, unless another attachment's record is on it),
+ * the veth's qdiscs if the namespace is still there.
+ */
 async function del(ctx: Ctx): Promise<void> {
   const host = Rtnl.open();
   try {
-    const ifb = await host.linkByName(ifbName(ctx.env.containerId));
-    if (ifb) await host.deleteLink(ifb.index).catch((e) => {
-      if (errnoOf(e) !== 'ENODEV') throw e;
-    });
+    // Only made by older binaries, so never with a record; should one carry another attachment's record, it is not ours.
+    const legacy = await host.linkByName(legacyIfbName(ctx.env.containerId));
+    const legacyOk = legacy !== undefined && (legacy.alias === undefined || legacy.alias === ownerOf(ctx));
+    for (const ifb of [await host.linkByName(ifbName(ctx.config.name, ctx.env.containerId)), legacyOk ? legacy : undefined]) {
+      if (ifb?.kind === 'ifb') await host.deleteLink(ifb.index).catch((e) => {
+        if (errnoOf(e) !== 'ENODEV') throw e;
+      });
+    }
     const veth = await hostVeth(ctx, host).catch(() => undefined);
     if (veth) {
       await delQdisc(host, veth.index, TC_H_ROOT);
@@ -179,8 +202,13 @@ async function check(ctx: Ctx): Promise<void> {
     if (!veth) throw new CniError(ErrorCode.CheckFailed, `no host interface found for ${ctx.env.ifname}`);
     if (shaped(dirs.ingress)) await checkDirection(host, veth.index, dirs.ingress, veth.name);
     if (shaped(dirs.egress)) {
-      const name = ifbName(ctx.env.containerId);
-      const ifb = await host.linkByName(name);
+      // The older binaries' name for attachments they made.
+      let name = ifbName(ctx.config.name, ctx.env.containerId);
+      let ifb = await host.linkByName(name);
+      if (!ifb && (await host.linkByName(legacyIfbName(ctx.env.containerId)))) {
+        name = legacyIfbName(ctx.env.containerId);
+        ifb = await host.linkByName(name);
+      }
       if (!ifb || !ifb.up) throw new CniError(ErrorCode.CheckFailed, `ifb ${name} missing or down`);
       await checkDirection(host, ifb.index, dirs.egress, name);
       if (!(await qdiscs(host, veth.index)).some((q) => q.kind === 'ingress')) throw new CniError(ErrorCode.CheckFailed, 'ingress qdisc missing', veth.name);
@@ -192,12 +220,18 @@ async function check(ctx: Ctx): Promise<void> {
   }
 }
 
+/**
+ * Removes the ifbs whose owner record names this network and an attachment
+ * not in valid-attachments. GC is given one network's attachments: an ifb of
+ * another network, or one without a record (the reference's, older
+ * binaries'), is not GC's to judge; DEL removes those.
+ */
 async function gc(ctx: Ctx): Promise<void> {
-  const keep = new Set(ctx.validAttachments.map((a) => ifbName(a.containerID)));
+  const valid = validKeys(ctx.validAttachments);
   const host = Rtnl.open();
   try {
     for (const l of await host.links()) {
-      if (l.kind === 'ifb' && /^bwp[0-9a-f]{12}$/.test(l.name) && !keep.has(l.name)) await host.deleteLink(l.index).catch(() => undefined);
+      if (l.kind === 'ifb' && staleOwned(OWNER, l.alias, ctx.config.name, valid)) await host.deleteLink(l.index).catch(() => undefined);
     }
   } finally {
     host.close();

@@ -23,8 +23,9 @@ export const bridgeConfig = netConf({
   enabledad: z.boolean().default(false),
   macspoofchk: z.boolean().default(false),
   disableContainerInterface: z.boolean().default(false),
-  // Loosely typed here: the IPAM plugin validates its own section.
-  ipam: z.object({ type: z.string().min(1) }).passthrough().optional(),
+  // Loosely typed here: the IPAM plugin validates its own section. No section,
+  // or one without a type, means a layer-2 attachment (the reference reads it so).
+  ipam: z.object({ type: z.string().optional() }).passthrough().optional(),
   runtimeConfig: obj({ mac: z.string().optional() }).optional(),
   args: obj({ cni: obj({ mac: z.string().optional() }).optional() }).optional(),
 });

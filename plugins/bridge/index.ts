@@ -8,6 +8,7 @@ import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
 import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
 import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/masq.js';
 import { PendingRestore } from '../../lib/iptables/index.js';
+import { compareVersions } from '../../lib/cni/version.js';
 import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
 import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
@@ -22,10 +23,9 @@ type Ctx = PluginContext<BridgeConfig>;
 const kernel = (what: string, err: unknown) =>
   err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
-function ipamType(ctx: Ctx): string {
-  const t = ctx.config.ipam?.type;
-  if (!t) throw new CniError(ErrorCode.InvalidNetworkConfig, 'bridge needs an "ipam" section with a "type"');
-  return t;
+/** The IPAM plugin's type; none (no "ipam", or an empty type, as the reference reads it) means layer 2 only. */
+function ipamType(ctx: Ctx): string | undefined {
+  return ctx.config.ipam?.type || undefined;
 }
 
 function requestedMac(ctx: Ctx): string | undefined {
@@ -92,9 +92,12 @@ async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, fo
   for (const a of existing) {
     const have = parseCidr(a.cidr);
     if (have.ip === want.ip && have.prefix === want.prefix) return;
-    if (contains(network(have), want.family, want.ip) || contains(network(want), have.family, have.ip)) {
+    // The reference's rule (ensureAddr): a bridge has one IPv4 address, so any
+    // other one is a conflict; IPv6 addresses conflict only when their subnets
+    // overlap. forceAddress replaces the conflicting address.
+    if (want.family === 4 || contains(network(have), want.family, want.ip) || contains(network(want), have.family, have.ip)) {
       if (!force) {
-        throw new CniError(ErrorCode.InvalidNetworkConfig, `${br.name} already has an IP address different from ${gwCidr}`, a.cidr);
+        throw new CniError(ErrorCode.InvalidNetworkConfig, `failed to set bridge addr: "${br.name}" already has an IP address different from ${gwCidr}`, `${br.name} has ${a.cidr}; set "forceAddress" to replace it`);
       }
       await host.delAddress(br.index, a.cidr);
     }
@@ -108,6 +111,11 @@ async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, fo
 
 async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.config;
+  // The reference refuses the pair: with the bridge promiscuous, a hairpinned
+  // port gets its own frames back flooded as well.
+  if (cfg.hairpinMode && cfg.promiscMode) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set hairpin mode and promiscuous mode at the same time.');
+  }
   const isGateway = cfg.isGateway || cfg.isDefaultGateway;
   let trunk: number[];
   try {
@@ -118,10 +126,16 @@ async function add(ctx: Ctx): Promise<Result> {
   if (cfg.vlan && trunk.length) throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set vlan and vlanTrunk at the same time');
   const vlanFiltering = cfg.vlan !== 0 || trunk.length > 0;
   const type = ipamType(ctx);
+  // A layer-2 attachment has no address, and results before 0.3.0 are made of
+  // addresses (ip4/ip6): refuse before creating anything (the reference
+  // fails the same way, but only after attaching the container, and leaves it).
+  if (!type && compareVersions(ctx.cniVersion, '0.3.0') < 0) {
+    throw new CniError(ErrorCode.IncompatibleVersion, 'cannot convert: no valid IP addresses', `a bridge without "ipam" has no address to report in a cniVersion ${ctx.cniVersion} result`);
+  }
 
   const netns = Netns.open(ctx.env.netns);
   // iptables-restore starts now and gets its rules once IPAM has answered.
-  const masqRestore = cfg.ipMasq ? new PendingRestore(4) : undefined;
+  const masqRestore = cfg.ipMasq && type ? new PendingRestore(4) : undefined;
   const host = Rtnl.open();
   const cont = Rtnl.open(netns);
   const hostNsFd = openSync('/proc/thread-self/ns/net', 'r');
@@ -156,11 +170,16 @@ async function add(ctx: Ctx): Promise<Result> {
       await spoofCheckSetup(hostName, contLink.mac, spoofCheckId(ctx.env.containerId, ctx.env.ifname));
       trace('bridge: spoofcheck set');
     }
-    // Addresses come from the IPAM plugin, run as a runtime would.
-    const ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
-    ipamDone = true;
-    trace('bridge: ipam done');
-    if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
+    // Addresses come from the IPAM plugin, run as a runtime would. Without
+    // one the container is attached at layer 2 only, as with the reference:
+    // no address, route, gateway or masquerade.
+    let ipam: Result | undefined;
+    if (type) {
+      ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
+      ipamDone = true;
+      trace('bridge: ipam done');
+      if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
+    }
 
     const result: Result = {
       interfaces: [
@@ -168,9 +187,9 @@ async function add(ctx: Ctx): Promise<Result> {
         { name: hostName, mac: hostVeth.mac },
         { name: ctx.env.ifname, mac: contLink.mac, sandbox: ctx.env.netns },
       ],
-      ips: ipam.ips.map((ip) => ({ ...ip, interface: 2 })),
-      routes: [...ipam.routes],
-      dns: ipam.dns,
+      ips: (ipam?.ips ?? []).map((ip) => ({ ...ip, interface: 2 })),
+      routes: [...(ipam?.routes ?? [])],
+      dns: ipam?.dns ?? {},
     };
     if (cfg.isDefaultGateway) {
       for (const fam of new Set(result.ips.map((ip) => (ip.address.includes(':') ? 6 : 4)))) {
@@ -188,9 +207,20 @@ async function add(ctx: Ctx): Promise<Result> {
     // Container side: v6 on, DAD off unless asked, addresses, up, routes.
     const hasV6 = result.ips.some((ip) => ip.address.includes(':'));
     netns.run(() => {
+      // As the reference (layer 3 only): a gratuitous ARP when the interface
+      // comes up, so neighbours that still map a reused address to the MAC of
+      // its previous owner learn the new one at once instead of after their
+      // entry goes stale. Best effort, as there: a kernel without IPv4 has no such key.
+      if (type) {
+        try {
+          writeSysctl(['net', 'ipv4', 'conf', ctx.env.ifname, 'arp_notify'], '1');
+        } catch {
+          // nothing to announce then
+        }
+      }
       if (hasV6) {
-        writeSysctl(`net.ipv6.conf.${ctx.env.ifname}.disable_ipv6`, '0');
-        if (!cfg.enabledad) writeSysctl(`net.ipv6.conf.${ctx.env.ifname}.accept_dad`, '0');
+        writeSysctl(['net', 'ipv6', 'conf', ctx.env.ifname, 'disable_ipv6'], '0');
+        if (!cfg.enabledad) writeSysctl(['net', 'ipv6', 'conf', ctx.env.ifname, 'accept_dad'], '0');
       }
     });
     try {
@@ -219,11 +249,11 @@ async function add(ctx: Ctx): Promise<Result> {
         const prefix = parseCidr(ip.address).prefix;
         await ensureGatewayAddress(host, br, `${ip.gateway}/${prefix}`, cfg.forceAddress);
       }
-      if (hasV4(result)) writeSysctl('net.ipv4.ip_forward', '1');
-      if (hasV6) writeSysctl('net.ipv6.conf.all.forwarding', '1');
+      if (hasV4(result)) writeSysctl(['net', 'ipv4', 'ip_forward'], '1');
+      if (hasV6) writeSysctl(['net', 'ipv6', 'conf', 'all', 'forwarding'], '1');
     }
     trace('bridge: gateway configured');
-    if (cfg.ipMasq) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address), masqRestore);
+    if (cfg.ipMasq && type) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address), masqRestore);
 
     trace('bridge: masq done');
     // The bridge's MAC may change as ports join: report what it is now.
@@ -237,7 +267,7 @@ async function add(ctx: Ctx): Promise<Result> {
       if (l) await cont.deleteLink(l.index).catch(() => undefined);
     }
     if (spoofCheckSet) await import('../../lib/nft/spoofcheck.js').then((m) => m.spoofCheckTeardown(m.spoofCheckId(ctx.env.containerId, ctx.env.ifname))).catch(() => undefined);
-    if (ipamDone) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
+    if (ipamDone && type) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
     if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
     throw toCniError(err);
   } finally {
@@ -292,7 +322,8 @@ async function check(ctx: Ctx): Promise<void> {
   const prev = ctx.prevResult;
   if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs a prevResult');
   const fail = (msg: string, details = '') => new CniError(ErrorCode.CheckFailed, msg, details);
-  await delegate({ command: 'CHECK', type: ipamType(ctx), stdin: ctx.stdin, env: ctx.env });
+  const type = ipamType(ctx);
+  if (type) await delegate({ command: 'CHECK', type, stdin: ctx.stdin, env: ctx.env });
 
   const netns = Netns.open(ctx.env.netns);
   const host = Rtnl.open();

@@ -1,14 +1,19 @@
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { Resolver } from 'node:dns/promises';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { which } from '../../lib/exec/index.js';
+import { readOwnFile } from '../../lib/exec/safefs.js';
 import { trace } from '../../lib/cni/trace.js';
 
 /**
  * The dnsmasq of one network. A pid is only ever signalled after checking
- * that /proc says it is dnsmasq running our config file for that network —
- * a stale pidfile pointing at a foreign process is ignored.
+ * that /proc says it is our dnsmasq running our config file for that
+ * network: the command line alone is not enough (any user can start a
+ * process called "dnsmasq" with our --conf-file, and we would signal it
+ * instead of starting the real one), so the process must also run as our
+ * uid (real and effective) and its /proc/<pid>/exe must be the dnsmasq
+ * binary we start. A stale pidfile pointing at a foreign process is ignored.
  */
 function cmdline(pid: number): string[] {
   try {
@@ -18,26 +23,57 @@ function cmdline(pid: number): string[] {
   }
 }
 
+/** The dnsmasq binary's real path (what /proc/<pid>/exe of one we started shows), resolved once. */
+let realBinary: string | null | undefined;
+function dnsmasqRealPath(): string | undefined {
+  if (realBinary === undefined) {
+    const bin = dnsmasqBinary();
+    try {
+      realBinary = bin ? realpathSync(bin) : null;
+    } catch {
+      realBinary = null;
+    }
+  }
+  return realBinary ?? undefined;
+}
+
 export function isOurDnsmasq(pid: number, confPath: string): boolean {
   const argv = cmdline(pid);
-  if (argv.length === 0 || !argv[0].endsWith('dnsmasq')) return false;
-  // A zombie has an empty cmdline; state "Z" is not a running daemon either.
+  if (argv.length === 0 || !argv.includes(`--conf-file=${confPath}`)) return false;
+  let status: string;
   try {
-    if (/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'))) return false;
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
   } catch {
     return false;
   }
-  return argv.includes(`--conf-file=${confPath}`);
+  // A zombie has an empty cmdline; state "Z" is not a running daemon either.
+  if (/^State:\s+Z/m.test(status)) return false;
+  // Real and effective uid ours: another user's process is never "our dnsmasq".
+  const uid = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
+  const me = process.geteuid?.() ?? 0;
+  if (!uid || Number(uid[1]) !== me || Number(uid[2]) !== me) return false;
+  const bin = dnsmasqRealPath();
+  if (!bin) return false;
+  let exe: string;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return false;
+  }
+  // " (deleted)": the package was upgraded under the running daemon (still ours: the uid says so).
+  return exe === bin || exe === `${bin} (deleted)`;
 }
 
 /** Our dnsmasq for this network: from the pidfile, else (pidfile wiped) by scanning /proc. */
 export function findDnsmasq(pidPath: string, confPath: string): number | undefined {
+  let text: string | undefined;
   try {
-    const pid = Number(readFileSync(pidPath, 'utf8').trim());
-    if (Number.isInteger(pid) && pid > 0 && isOurDnsmasq(pid, confPath)) return pid;
+    text = readOwnFile(pidPath); // not through a symlink, not another user's file
   } catch {
-    // no pidfile
+    // unusable pidfile: scan
   }
+  const pid = Number(text?.trim());
+  if (Number.isInteger(pid) && pid > 0 && isOurDnsmasq(pid, confPath)) return pid;
   for (const name of readdirSync('/proc')) {
     const pid = Number(name);
     if (Number.isInteger(pid) && pid > 1 && isOurDnsmasq(pid, confPath)) return pid;
@@ -51,7 +87,8 @@ export function dnsmasqBinary(): string | undefined {
 
 /** Starts dnsmasq; it forks, and its parent exits only once the daemon is serving (or failed). */
 export function startDnsmasq(confPath: string): Promise<void> {
-  const bin = dnsmasqBinary();
+  // The resolved binary: the one isOurDnsmasq recognises by /proc/<pid>/exe.
+  const bin = dnsmasqRealPath();
   if (!bin) return Promise.reject(new CniError(ErrorCode.NotAvailable, 'dnsmasq not found', 'install dnsmasq-base'));
   return new Promise((resolve, reject) => {
     // stdout must not be inherited: the runtime reads ours until EOF.
@@ -68,8 +105,11 @@ export function startDnsmasq(confPath: string): Promise<void> {
   });
 }
 
-export function reload(pid: number): void {
+/** SIGHUP to a pid findDnsmasq returned (re-checked: it must still be our dnsmasq). */
+export function reload(pid: number, confPath: string): boolean {
+  if (!isOurDnsmasq(pid, confPath)) return false;
   process.kill(pid, 'SIGHUP');
+  return true;
 }
 
 export async function stop(pid: number, confPath: string): Promise<void> {

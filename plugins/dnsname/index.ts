@@ -49,7 +49,8 @@ function attachmentOf(ctx: Ctx): Attachment {
   const podName = ctx.args.get('K8S_POD_NAME');
   if (!podName) throw new CniError(ErrorCode.InvalidEnvironment, 'required CNI_ARGS K8S_POD_NAME missing', 'the container name dnsname publishes');
   if (!DNS_NAME.test(podName)) throw new CniError(ErrorCode.InvalidEnvironment, 'K8S_POD_NAME is not a valid DNS name', JSON.stringify(podName));
-  const aliases = ctx.config.runtimeConfig?.aliases?.[ctx.config.name] ?? [];
+  // A Map of the record's own entries: a network named "constructor" must not find Object.prototype's.
+  const aliases = new Map(Object.entries(ctx.config.runtimeConfig?.aliases ?? {})).get(ctx.config.name) ?? [];
   const names = [...new Set([podName, ...aliases].map((n) => n.toLowerCase()))];
   return { bridge, bridgeIP: canonicalIP(gw), ips, names };
 }
@@ -63,7 +64,7 @@ function syncOthers(tree: Tree, changed: string): void {
     if (o.network === changed || !o.multiDomain) continue;
     tree.write(o, all);
     const pid = findDnsmasq(tree.pidPath(o.network), tree.confPath(o.network));
-    if (pid) reload(pid);
+    if (pid) reload(pid, tree.confPath(o.network));
   }
 }
 
@@ -87,11 +88,11 @@ async function publish(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, fir
       for (const r of inputRules(s)) p.insertUnique(r);
     });
   }
-  const pid = findDnsmasq(tree.pidPath(cfg.name), tree.confPath(cfg.name));
-  if (pid) reload(pid);
-  else {
+  const conf = tree.confPath(cfg.name);
+  const pid = findDnsmasq(tree.pidPath(cfg.name), conf);
+  if (!pid || !reload(pid, conf)) {
     trace('dnsname: starting dnsmasq');
-    await startDnsmasq(tree.confPath(cfg.name)); // first ADD, or the daemon died
+    await startDnsmasq(conf); // first ADD, or the daemon died
   }
   trace('dnsname: dnsmasq signalled');
   if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
@@ -114,7 +115,7 @@ async function undoAdd(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, fir
   }
   tree.write(old, tree.networks());
   const pid = findDnsmasq(tree.pidPath(old.network), tree.confPath(old.network));
-  if (pid) reload(pid);
+  if (pid) reload(pid, tree.confPath(old.network));
 }
 
 /** prevResult's bridge must exist here: dnsmasq binds to it (/proc/self/net is this process's namespace, unlike /sys). */
@@ -189,9 +190,9 @@ async function del(ctx: Ctx): Promise<void> {
     // (Not ours, but the hosts file is stale: an ADD died between writing it and state.json. Regenerated below.)
     s.entries = rest;
     tree.write(s, tree.networks());
-    const pid = findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network));
-    if (pid) reload(pid);
-    else await startDnsmasq(tree.confPath(s.network)); // others still need it
+    const conf = tree.confPath(s.network);
+    const pid = findDnsmasq(tree.pidPath(s.network), conf);
+    if (!pid || !reload(pid, conf)) await startDnsmasq(conf); // others still need it
     for (const e of mine) await waitForGone(s.bridgeIP, `${e.names[0]}.${s.domain}`, e.ips[0]);
   });
 }
@@ -205,12 +206,8 @@ async function check(ctx: Ctx): Promise<void> {
   const e = s.entries.find((x) => same(x, ctx));
   if (!e) throw fail(`container ${ctx.env.containerId} has no names on network ${ctx.config.name}`);
   if (e.names.join() !== a.names.join() || e.ips.join() !== a.ips.join()) throw fail('the container\'s names or addresses differ from prevResult', `${e.names.join(',')} ${e.ips.join(',')}`);
-  let hosts = '';
-  try {
-    hosts = readFileSync(`${tree.dir(s.network)}/addnhosts`, 'utf8');
-  } catch {
-    throw fail('addnhosts is missing');
-  }
+  const hosts = tree.readFile(s.network, 'addnhosts');
+  if (hosts === undefined) throw fail('addnhosts is missing');
   for (const ip of e.ips) {
     if (!hosts.split('\n').includes(`${ip}\t${e.names.join('\t')}`)) throw fail(`addnhosts has no line for ${ip}`);
   }
@@ -239,7 +236,7 @@ async function gc(ctx: Ctx): Promise<void> {
     s.entries = keep;
     tree.write(s, tree.networks());
     const pid = findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network));
-    if (pid) reload(pid);
+    if (pid) reload(pid, tree.confPath(s.network));
   });
 }
 

@@ -31,6 +31,17 @@ export const hostLocalConfig = netConf({
   ipam: ipamSchema,
   runtimeConfig: obj({ ips: z.array(z.string()).optional() }).optional(),
   args: obj({ cni: obj({ ips: z.array(z.string()).optional() }).optional() }).optional(),
+}).superRefine((conf, ctx) => {
+  // A 0.1.0/0.2.0 result holds one address per family (ip4, ip6): a second
+  // range set of a family would allocate an address no one is told about.
+  // Refused as the reference does (no cniVersion is 0.1.0).
+  const version = conf.cniVersion || '0.1.0';
+  if (version !== '0.1.0' && version !== '0.2.0') return;
+  const sets = conf.ipam.ranges ?? (conf.ipam.subnet ? [[{ subnet: conf.ipam.subnet }]] : []);
+  const families = sets.map((set) => (set[0].subnet.includes(':') ? 6 : 4));
+  if (families.filter((f) => f === 4).length > 1 || families.filter((f) => f === 6).length > 1) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['ipam', 'ranges'], message: `CNI version ${version} does not support more than 1 address per family` });
+  }
 });
 export type HostLocalConfig = z.output<typeof hostLocalConfig>;
 export type IpamConfig = z.output<typeof ipamSchema>;
@@ -54,6 +65,11 @@ export function canonicalRange(r: z.output<typeof rangeSchema>): Range {
   const net = network(c);
   const size = c.family === 4 ? 32 : 128;
   if (c.prefix > size - 2) throw invalid(`network ${r.subnet} too small to allocate from`);
+  // As the reference: a subnet is written as its network address. One with
+  // host bits set (10.99.7.5/24) is most likely a typo for something else.
+  if (c.ip !== net.ip) {
+    throw invalid(`Network has host bits set. For a subnet mask of length ${c.prefix} the network address is ${formatIP(c.family, net.ip)}`);
+  }
   const last = c.family === 4 ? broadcast(net) - 1n : broadcast(net);
   const inSubnet = (name: string, s: string | undefined, dflt: bigint): bigint => {
     if (s === undefined) return dflt;
@@ -72,7 +88,16 @@ export function canonicalRange(r: z.output<typeof rangeSchema>): Range {
 export function rangeSets(ipam: IpamConfig): RangeSet[] {
   const raw = ipam.ranges ?? (ipam.subnet ? [[{ subnet: ipam.subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway }]] : []);
   if (raw.length === 0) throw invalid('no IP ranges specified');
-  const sets = raw.map((set) => set.map(canonicalRange));
+  // Errors name the range set, in the reference's words.
+  const sets = raw.map((set, i) =>
+    set.map((r) => {
+      try {
+        return canonicalRange(r);
+      } catch (err) {
+        throw err instanceof CniError ? invalid(`invalid range set ${i}: ${err.msg}`, err.details) : err;
+      }
+    }),
+  );
   const all = sets.flat();
   for (const set of sets) {
     if (new Set(set.map((r) => r.family)).size > 1) throw invalid('mixed address families in one range set');

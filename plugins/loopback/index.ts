@@ -64,7 +64,9 @@ async function del(ctx: Ctx): Promise<void> {
   let ns: Netns | undefined;
   try {
     ns = Netns.tryOpen(ctx.env.netns);
-  } catch {
+  } catch (err) {
+    // The caller's own namespace is refused, never taken for "gone".
+    if (err instanceof CniError && err.code === ErrorCode.InvalidNetNS) throw err;
     return; // a stale path that is no namespace any more
   }
   if (!ns) return;

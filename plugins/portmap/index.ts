@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { writeSysctl } from '../../lib/netlink/ns.js';
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
@@ -89,7 +89,7 @@ async function enableRouteLocalnet(container: string): Promise<void> {
       if (contains(c, 4, ip) && (!best || c.prefix > best.prefix)) best = { prefix: c.prefix, oif: r.oif };
     }
     const link = best && (await nl.linkByIndex(best.oif));
-    if (link) writeFileSync(`/proc/sys/net/ipv4/conf/${link.name}/route_localnet`, '1');
+    if (link) writeSysctl(['net', 'ipv4', 'conf', link.name, 'route_localnet'], '1');
   } finally {
     nl.close();
   }

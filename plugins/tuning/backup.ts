@@ -8,9 +8,13 @@ import { CniError, ErrorCode } from '../../lib/cni/errors.js';
  * The originals an ADD changed, kept until DEL puts them back. The fields
  * are the reference's (`mac`, `promisc`, `mtu`, `allmulti`, `txQLen`), so
  * each side can read the other's file; `sysctl` (path below /proc/sys →
- * old value) and the attachment's ids are ours.
+ * old value) and the attachment's ids are ours. `network` is the owner
+ * record GC goes by: the directory is shared by every network, and GC is
+ * given one network's attachments (binaries up to fb6743a wrote no
+ * `network`, the reference no ids: GC leaves those files to DEL).
  */
 export const savedSchema = obj({
+  network: z.string().optional(),
   containerID: z.string().optional(),
   ifname: z.string().optional(),
   mac: z.string().optional(),
@@ -69,7 +73,7 @@ export function removeSaved(file: string): void {
 }
 
 /** Our files in dataDir with the attachment they belong to (for GC). */
-export function listSaved(dataDir: string): { file: string; containerID: string; ifname: string }[] {
+export function listSaved(dataDir: string): { file: string; network?: string; containerID: string; ifname: string }[] {
   let names: string[];
   try {
     names = readdirSync(dataDir);
@@ -85,16 +89,29 @@ export function listSaved(dataDir: string): { file: string; containerID: string;
     } catch {
       continue; // unreadable: GC goes on past errors
     }
-    if (saved?.containerID && saved.ifname) out.push({ file, containerID: saved.containerID, ifname: saved.ifname });
+    if (saved?.containerID && saved.ifname) out.push({ file, network: saved.network, containerID: saved.containerID, ifname: saved.ifname });
   }
   return out;
 }
 
+/** Whether a process of that id exists (EPERM: it does, someone else's). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
 /**
  * Temp files a SIGKILLed writeSaved left behind (`<file>.<pid>.tmp`): those
- * of `keep(jsonName)` false. DEL passes its own file, GC every valid one.
+ * of `keep(jsonName)` false. DEL passes its own file, GC every valid one
+ * and its network: GC takes only a temp whose writer is gone (a live one is
+ * an ADD in progress, maybe another network's) and that names its network
+ * or is cut short (its owner unknowable, and useless to anyone).
  */
-export function removeTemps(dataDir: string, keep: (jsonName: string) => boolean): void {
+export function removeTemps(dataDir: string, keep: (jsonName: string) => boolean, gcNetwork?: string): void {
   let names: string[];
   try {
     names = readdirSync(dataDir);
@@ -102,8 +119,18 @@ export function removeTemps(dataDir: string, keep: (jsonName: string) => boolean
     return;
   }
   for (const name of names) {
-    const m = /^(.+\.json)\.\d+\.tmp$/.exec(name);
+    const m = /^(.+\.json)\.(\d+)\.tmp$/.exec(name);
     if (!m || keep(m[1])) continue;
+    if (gcNetwork !== undefined) {
+      if (alive(Number(m[2]))) continue;
+      let saved: Saved | null | undefined;
+      try {
+        saved = readSaved(join(dataDir, name));
+      } catch {
+        continue; // unreadable: not provably ours
+      }
+      if (saved && saved.network !== gcNetwork) continue;
+    }
     try {
       unlinkSync(join(dataDir, name));
     } catch {

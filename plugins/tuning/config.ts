@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import { posix } from 'node:path';
 import { z } from 'zod';
 import { netConf, obj } from '../../lib/cni/schema.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
@@ -29,7 +28,7 @@ export const tuningConfig = netConf({
 export type TuningConfig = z.output<typeof tuningConfig>;
 
 export interface Sysctl {
-  /** As written in the config (what the allowlist is matched against). */
+  /** As written in the config (the allowlist judges its normalised form, `allowlistKey`). */
   key: string;
   /** Below /proc/sys, always under net/, with IFNAME substituted. */
   path: string;
@@ -61,16 +60,42 @@ export function normalizeMac(mac: string): string {
 /**
  * A sysctl key → its path below /proc/sys. Dotted keys become paths; a key
  * that already contains '/' is taken as a path, so interface names with dots
- * (eth0.100) can be named. IFNAME is substituted after the conversion (once,
- * as the reference), so CNI_IFNAME may itself contain dots. The normalised
- * path must stay under net/: /proc/sys/net is per namespace, the rest is the
- * host's.
+ * (eth0.100) can be named. Either way the key is split into segments first,
+ * and an empty, `.` or `..` segment is refused: nothing is normalised away,
+ * so the key the allowlist judged is the path written
+ * (`net.ipv4.conf./../net/ipv4/ip_forward` once passed an allowlist of
+ * `^net\.ipv4\.conf\..*` and, normalised, set ip_forward). The first segment
+ * must be `net`: /proc/sys/net is per namespace, the rest is the host's.
+ * IFNAME is substituted after the split (once, as the reference), inside its
+ * segment, so CNI_IFNAME may itself contain dots.
  */
+export function sysctlSegments(key: string): string[] {
+  const segments = key.includes('/') ? key.split('/') : key.split('.');
+  for (const seg of segments) {
+    if (seg === '' || seg === '.' || seg === '..' || seg.includes('\0')) {
+      throw invalid(`invalid net sysctl key: "${key}"`, 'empty, "." and ".." segments are not allowed');
+    }
+  }
+  if (segments[0] !== 'net' || segments.length < 2) throw invalid(`invalid net sysctl key: "${key}"`, 'only sysctls under net. can be set');
+  return segments;
+}
+
+/**
+ * The key as the allowlist sees it: its segments joined with dots, the form
+ * the reference's allowlists are written in, so `net/ipv4/conf/all/x` and
+ * `net.ipv4.conf.all.x` are judged alike (and IFNAME is still literal, as the
+ * reference matches the key before substitution).
+ */
+export function allowlistKey(key: string): string {
+  return sysctlSegments(key).join('.');
+}
+
 export function sysctlPath(key: string, ifname: string): string {
-  const rel = (key.includes('/') ? key : key.replaceAll('.', '/')).replace('IFNAME', ifname);
-  const full = posix.normalize(`/proc/sys/${rel}`);
-  if (!full.startsWith('/proc/sys/net/') || full.endsWith('/')) throw invalid(`invalid net sysctl key: "${key}"`);
-  return full.slice('/proc/sys/'.length);
+  const segments = sysctlSegments(key);
+  const at = segments.findIndex((seg) => seg.includes('IFNAME'));
+  if (at >= 0) segments[at] = segments[at].replace('IFNAME', ifname);
+  if (segments.some((seg) => seg === '.' || seg === '..' || seg.includes('/'))) throw invalid(`invalid net sysctl key: "${key}"`, `with IFNAME=${ifname}`);
+  return segments.join('/');
 }
 
 /**
@@ -108,8 +133,9 @@ export function changesLink(s: Settings): boolean {
 
 /**
  * The reference's sysctl allowlist: when the file exists, one regular
- * expression per line (unanchored, as Go's MatchString), and every key as
- * written must match one. No file, no restriction.
+ * expression per line (unanchored, as Go's MatchString), and every key must
+ * match one — in its normalised form (`allowlistKey`), which is the form
+ * that is then written, never the raw text. No file, no restriction.
  */
 export function checkAllowlist(keys: string[], file: string): void {
   let text: string;
@@ -128,7 +154,8 @@ export function checkAllowlist(keys: string[], file: string): void {
     }
   });
   for (const key of keys) {
-    if (!patterns.some((p) => p.test(key))) {
+    const name = allowlistKey(key);
+    if (!patterns.some((p) => p.test(name))) {
       throw invalid(`Sysctl ${key} is not allowed. Only the following sysctls are allowed: [${lines.join(' ')}]`);
     }
   }

@@ -1,15 +1,14 @@
-import { readFileSync, writeFileSync } from 'node:fs';
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
-import { Netns } from '../../lib/netlink/ns.js';
+import { Netns, readSysctl, writeSysctl as setSysctl } from '../../lib/netlink/ns.js';
 import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
 import {
   changesLink, checkAllowlist, DEFAULT_ALLOWLIST, DEFAULT_DATA_DIR, duplicateSysctlKeys, resolveSettings, tuningConfig,
   type Settings, type Sysctl, type TuningConfig,
 } from './config.js';
 import { backupFile, jsonName, listSaved, readSaved, removeSaved, removeTemps, writeSaved, type Saved } from './backup.js';
-import { trace } from '../../lib/cni/trace.js';
+import { testHook, trace } from '../../lib/cni/trace.js';
 
 /**
  * tuning (chained): sysctls under /proc/sys/net and link attributes (MAC,
@@ -25,7 +24,7 @@ type LinkValues = Pick<Saved, 'mac' | 'promisc' | 'mtu' | 'allmulti' | 'txQLen'>
  * $CNI_TS_TUNING_ALLOWLIST (tests use it). Deliberately not a config key: the
  * allowlist polices the config, which must not pick its own policy.
  */
-const allowlistFile = () => process.env.CNI_TS_TUNING_ALLOWLIST || DEFAULT_ALLOWLIST;
+const allowlistFile = () => testHook('CNI_TS_TUNING_ALLOWLIST') || DEFAULT_ALLOWLIST;
 
 function settings(ctx: Ctx): Settings {
   const dups = duplicateSysctlKeys(ctx.stdin.toString('utf8'));
@@ -48,7 +47,7 @@ function readSysctls(ns: Netns, list: Sysctl[]): Record<string, string> {
     const out: Record<string, string> = {};
     for (const s of list) {
       try {
-        out[s.path] = readFileSync(`/proc/sys/${s.path}`, 'utf8').replace(/\n$/, '');
+        out[s.path] = readSysctl(s.path.split('/'));
       } catch (err) {
         const code = errnoOf(err);
         if (code === 'ENOENT') throw new CniError(ErrorCode.InvalidNetworkConfig, `no such sysctl: "${s.key}"`, `/proc/sys/${s.path}`);
@@ -62,7 +61,7 @@ function readSysctls(ns: Netns, list: Sysctl[]): Record<string, string> {
 
 function writeSysctl(path: string, value: string): void {
   try {
-    writeFileSync(`/proc/sys/${path}`, value);
+    setSysctl(path.split('/'), value);
   } catch (err) {
     throw new CniError(ErrorCode.KernelRefused, `failed to set sysctl /proc/sys/${path} to "${value}"`, reason(err));
   }
@@ -145,7 +144,7 @@ async function add(ctx: Ctx): Promise<Result> {
     if (earlier?.containerID !== undefined && (earlier.containerID !== id || earlier.ifname !== ifname)) {
       throw new CniError(ErrorCode.InvalidEnvironment, `${file} holds the settings of container ${earlier.containerID} interface ${earlier.ifname}`);
     }
-    const kept: Saved = { containerID: id, ifname, ...before, ...earlier, sysctl: { ...before.sysctl, ...earlier?.sysctl } };
+    const kept: Saved = { containerID: id, ifname, ...before, ...earlier, network: ctx.config.name, sysctl: { ...before.sysctl, ...earlier?.sysctl } };
     if (!Object.keys(kept.sysctl!).length) delete kept.sysctl;
     writeSaved(file, kept);
     trace('tuning: originals saved');
@@ -216,7 +215,7 @@ async function check(ctx: Ctx): Promise<void> {
     const current = ns.run(() =>
       s.sysctls.map((x) => {
         try {
-          return readFileSync(`/proc/sys/${x.path}`, 'utf8');
+          return readSysctl(x.path.split('/'));
         } catch (err) {
           throw fail(`cannot read sysctl /proc/sys/${x.path}: ${reason(err)}`);
         }
@@ -239,14 +238,20 @@ async function check(ctx: Ctx): Promise<void> {
   }
 }
 
-/** Drops saved settings of attachments the runtime no longer has (their namespaces are gone). */
+/**
+ * Drops saved settings of this network's attachments the runtime no longer
+ * has (their namespaces are gone). The directory is shared by all networks
+ * and GC is given one network's attachments: only files recording this
+ * network are GC's; one of another network or without a record (the
+ * reference's, binaries' up to fb6743a) stays for its DEL.
+ */
 async function gc(ctx: Ctx): Promise<void> {
   const dataDir = ctx.config.dataDir || DEFAULT_DATA_DIR;
   const keep = new Set(ctx.validAttachments.map((a) => `${a.containerID}/${a.ifname}`));
   const keepNames = new Set(ctx.validAttachments.map((a) => jsonName(backupFile(dataDir, a.containerID, a.ifname))));
-  removeTemps(dataDir, (name) => keepNames.has(name));
+  removeTemps(dataDir, (name) => keepNames.has(name), ctx.config.name);
   for (const e of listSaved(dataDir)) {
-    if (keep.has(`${e.containerID}/${e.ifname}`)) continue;
+    if (e.network !== ctx.config.name || keep.has(`${e.containerID}/${e.ifname}`)) continue;
     try {
       removeSaved(e.file);
     } catch {

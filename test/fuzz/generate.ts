@@ -216,7 +216,9 @@ const ipamTemplate = (r: Rng): Record<string, unknown> => {
  * must be unique per case (container id, aliases, uuids) unique.
  */
 export function baseCase(plugin: string, r: Rng, id: string, command: string): BaseCase {
-  const version = command === 'GC' || command === 'STATUS' ? '1.1.0' : r.pick(['0.3.1', '0.4.0', '1.0.0', '1.0.0', '1.1.0', '1.1.0']);
+  const picked = command === 'GC' || command === 'STATUS' ? '1.1.0' : r.pick(['0.3.1', '0.4.0', '1.0.0', '1.0.0', '1.1.0', '1.1.0']);
+  // firewall declares 0.4.0 and later, as its reference binary does (lib/cni/version.ts); mapped, not re-picked, so every other case stays the same.
+  const version = plugin === 'firewall' && picked === '0.3.1' ? '0.4.0' : picked;
   const common = { cniVersion: version, name: NET };
   const env: Record<string, string | null> = {
     CNI_COMMAND: command,

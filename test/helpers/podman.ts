@@ -192,6 +192,41 @@ function tables(text: string): Map<string, { chains: string[]; rules: string[] }
   return out;
 }
 
+/**
+ * What marks iptables state as this test's own: its network's name, its
+ * bridge(s), its containers' ids, and address prefixes of its subnets (e.g.
+ * `10.231.42.`), plus the per-container chains the plugins name after the
+ * network and the container (bridge's ipMasq `CNI-<24 hex>`, portmap's
+ * `CNI-DN-<21 hex>`: sha512(network name + container id), as the reference
+ * names them). Everything else in the machine's tables belongs to someone
+ * else — other tests, other runtimes, the machine — and may change while the
+ * test runs: it is neither compared nor removed.
+ */
+export interface Owned {
+  network: string;
+  bridges: string[];
+  /** Address prefixes of the test's subnets, up to and including the separator (`10.231.42.`, `fd00:232:2a:`). */
+  prefixes: string[];
+  containerIds: string[];
+}
+
+/** The per-container chains plugins name after (network, container id). */
+export function containerChains(network: string, id: string): string[] {
+  const h = createHash('sha512').update(network + id).digest('hex');
+  return [`CNI-${h.slice(0, 24)}`, `CNI-DN-${h.slice(0, 21)}`];
+}
+
+function isOwnedRule(rule: string, o: Owned, chains: Set<string>): boolean {
+  const [, chain] = rule.split(' ');
+  const target = / -[jg] (\S+)/.exec(rule)?.[1];
+  if (chains.has(chain) || (target && chains.has(target))) return true;
+  const padded = `${rule} `;
+  if (o.bridges.some((b) => padded.includes(` ${b} `))) return true;
+  if (padded.includes(`"${o.network}"`) || padded.includes(`\\"${o.network}\\"`)) return true;
+  if (o.containerIds.some((id) => rule.includes(id))) return true;
+  return o.prefixes.some((p) => new RegExp(`(^|[\\s/,=])${p.replace(/[.]/g, '\\.')}[0-9a-f:]`).test(rule));
+}
+
 export interface IptablesAdded {
   /** [save command, table, rule as saved] */
   rules: [string, string, string][];
@@ -200,43 +235,62 @@ export interface IptablesAdded {
 }
 
 /**
- * What CNI plugins added to the machine's iptables since `before`: CNI-*
- * chains that are new, and new rules that are in a CNI-* chain, jump to one,
- * or name one of `bridges`.
+ * This test's iptables state now, beyond `before`: new rules it owns (see
+ * Owned), its per-container chains, and the new CNI-* chains nobody else
+ * uses (the shared chains its plugins created: CNI-FORWARD, CNI-HOSTPORT-*
+ * …, as long as they hold nothing but this test's rules and jumps to each
+ * other) with the new rules that jump to them. Exactly what
+ * iptablesRestore() removes; empty when the machine holds nothing of the test.
  */
-export function iptablesAdded(before: IptablesState, bridges: string[]): IptablesAdded {
+export function iptablesAdded(before: IptablesState, owned: Owned): IptablesAdded {
   const added: IptablesAdded = { rules: [], chains: [] };
   const now = iptablesState();
+  const perContainer = new Set(owned.containerIds.flatMap((id) => containerChains(owned.network, id)));
   for (const [save] of IPT) {
     const old = tables(before[save] ?? '');
     for (const [table, t] of tables(now[save])) {
       const o = old.get(table) ?? { chains: [], rules: [] };
-      for (const c of t.chains) if (c.startsWith('CNI-') && !o.chains.includes(c)) added.chains.push([save, table, c]);
-      for (const r of t.rules) {
-        if (o.rules.includes(r)) continue;
-        const chain = r.split(' ')[1];
-        if (chain.startsWith('CNI-') || / -j CNI-/.test(r) || bridges.some((b) => r.includes(` ${b} `))) added.rules.push([save, table, r]);
+      const fresh = t.rules.filter((r) => !o.rules.includes(r));
+      const ours = new Set(fresh.filter((r) => isOwnedRule(r, owned, perContainer)));
+      const left = t.rules.filter((r) => !ours.has(r));
+      // Chains that can go: ours by name, and new CNI-* chains holding nothing but jumps to other such chains.
+      const removable = new Set(t.chains.filter((c) => perContainer.has(c) || (c.startsWith('CNI-') && !o.chains.includes(c))));
+      for (let changed = true; changed; ) {
+        changed = false;
+        for (const c of removable) {
+          const foreign = left.some((r) => r.split(' ')[1] === c && !removable.has(/ -[jg] (\S+)/.exec(r)?.[1] ?? ''))
+            || left.some((r) => !fresh.includes(r) && removable.has(/ -[jg] (\S+)/.exec(r)?.[1] ?? '') && / -[jg] (\S+)/.exec(r)?.[1] === c);
+          if (foreign) {
+            removable.delete(c);
+            changed = true;
+          }
+        }
       }
+      for (const r of t.rules) {
+        const target = / -[jg] (\S+)/.exec(r)?.[1] ?? '';
+        if (ours.has(r) || (fresh.includes(r) && removable.has(target)) || removable.has(r.split(' ')[1])) added.rules.push([save, table, r]);
+      }
+      for (const c of removable) added.chains.push([save, table, c]);
     }
   }
   return added;
 }
 
 /** Removes what iptablesAdded() reports, with one (ip6)iptables-restore --noflush per family. */
-export function iptablesRestore(before: IptablesState, bridges: string[]): void {
-  const { rules, chains } = iptablesAdded(before, bridges);
+export function iptablesRestore(before: IptablesState, owned: Owned): void {
+  const { rules, chains } = iptablesAdded(before, owned);
   for (const [save, restore] of IPT) {
     const byTable = new Map<string, string[]>();
     const add = (table: string, line: string) => byTable.set(table, [...(byTable.get(table) ?? []), line]);
-    const fresh = chains.filter(([s]) => s === save);
+    const gone = chains.filter(([s]) => s === save);
     for (const [s, table, r] of rules) {
       if (s !== save) continue;
       const chain = r.split(' ')[1];
-      if (fresh.some(([, t, c]) => t === table && c === chain)) continue; // flushed below
+      if (gone.some(([, t, c]) => t === table && c === chain)) continue; // flushed below
       add(table, `-D ${r.slice(3)}`);
     }
-    for (const [, table, c] of fresh) add(table, `-F ${c}`);
-    for (const [, table, c] of fresh) add(table, `-X ${c}`);
+    for (const [, table, c] of gone) add(table, `-F ${c}`);
+    for (const [, table, c] of gone) add(table, `-X ${c}`);
     if (byTable.size === 0) continue;
     const input = [...byTable].map(([t, lines]) => `*${t}\n${lines.join('\n')}\nCOMMIT\n`).join('');
     run([restore, '--noflush', '-w'], { input });
@@ -478,8 +532,11 @@ export function mountsBelow(dir: string): string[] {
  * (podman, containerd: vitest runs test files in parallel, and each compares
  * the host's links and iptables before and after). A directory is the lock;
  * one left by a dead process is taken over. Returns the release function.
+ * The wait is long: one podman file holds it for minutes on a slow machine
+ * (HOST_NET_LOCK_WAIT; callers' hooks allow for it).
  */
-export async function hostNetLock(timeoutMs = 110_000): Promise<() => void> {
+export const HOST_NET_LOCK_WAIT = 1_200_000;
+export async function hostNetLock(timeoutMs = HOST_NET_LOCK_WAIT): Promise<() => void> {
   const dir = '/run/lock/cnits-hostnet';
   const deadline = Date.now() + timeoutMs;
   for (;;) {

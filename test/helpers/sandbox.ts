@@ -10,7 +10,15 @@ import { join, resolve } from 'node:path';
  * never touched. `cleanup` removes everything, also after a failure.
  */
 export const ROOT = resolve(__dirname, '../..');
+/** The shipped binary and its plugin links (scripts/build.mjs). */
 export const BIN = join(ROOT, 'bin');
+/**
+ * The test build of the same source (`node scripts/build.mjs --test`): the
+ * only one that honours test hooks (lib/cni/hooks.ts: CNI_TS_KILL_AT,
+ * CNI_TS_IPTABLES, CNI_TS_TUNING_ALLOWLIST, CNI_TS_NATIVE_DIR). Tests that
+ * set a hook run it; everything else runs the shipped binary.
+ */
+export const TEST_BIN = join(ROOT, '.build/test-bin');
 
 let counter = 0;
 const unique = (tag: string) => `cnits-${tag}-${process.pid}-${++counter}`;
@@ -61,7 +69,8 @@ export interface CniCall {
   ifname?: string;
   args?: string;
   path?: string;
-  env?: Record<string, string>;
+  /** Extra variables; one set to undefined is left out. */
+  env?: Record<string, string | undefined>;
 }
 
 export class Sandbox {

@@ -29,6 +29,12 @@ const allocations = (net = 'testnet') => {
   return existsSync(d) ? readdirSync(d).filter((f) => /^[0-9.]+$|^[0-9a-f:]+$/.test(f) && /[.:]/.test(f)).sort() : [];
 };
 const natChains = () => sb.inHost(['iptables-save', '-t', 'nat']).stdout.split('\n').filter((l) => l.startsWith(':CNI-'));
+/**
+ * The sandbox's host state without IPv6 DAD's passing "tentative" flag: a
+ * link-local address created just before the first snapshot may finish DAD
+ * between the two, which is not something the plugin left behind.
+ */
+const hostState = (s: Sandbox) => s.hostState().replace(/ tentative\b/g, '');
 const hostVeths = () => sb.inHost(['ip', '-o', 'link', 'show', 'type', 'veth']).stdout.trim();
 
 describe('bridge + host-local in real namespaces', () => {
@@ -246,12 +252,12 @@ describe('bad input gets the right code and leaves nothing behind', () => {
   for (const [name, make, code] of cases) {
     it(name, () => {
       const c = sb.container();
-      const before = sb.hostState();
+      const before = hostState(sb);
       const { call, conf } = make(c.path);
       const r = sb.plugin(BRIDGE, { command: 'ADD', ...call } as never, conf);
       expect(r.code).toBe(1);
       expect(r.json).toMatchObject({ code, msg: expect.any(String) });
-      expect(sb.hostState()).toBe(before);
+      expect(hostState(sb)).toBe(before);
       expect(existsSync(join(sb.dir, 'ipam', 'testnet')) ? allocations() : []).toEqual([]);
       expect(sb.inNs(c.name, ['ip', '-o', 'link', 'show']).stdout.trim().split('\n')).toHaveLength(1);
     });
@@ -260,11 +266,11 @@ describe('bad input gets the right code and leaves nothing behind', () => {
   it('exhaustion: code 110, no veth, no chain, nothing allocated for the failed one', () => {
     const conf = netconf({}, { rangeStart: '10.77.0.10', rangeEnd: '10.77.0.10' });
     expect(sb.plugin(BRIDGE, { command: 'ADD', containerId: 'a', netns: sb.container().path }, conf).code).toBe(0);
-    const before = sb.hostState();
+    const before = hostState(sb);
     const c = sb.container();
     const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'b', netns: c.path }, conf);
     expect(r.json.code).toBe(110);
-    expect(sb.hostState()).toBe(before);
+    expect(hostState(sb)).toBe(before);
     expect(allocations()).toEqual(['10.77.0.10']);
     expect(sb.inNs(c.name, ['ip', '-o', 'link', 'show']).stdout.trim().split('\n')).toHaveLength(1);
   });
@@ -274,12 +280,12 @@ describe('bad input gets the right code and leaves nothing behind', () => {
     sb.inHost(['ip', 'link', 'del', 'vlprobe']);
     const c = sb.container();
     const conf = netconf({ bridge: 'cnivlan0', vlan: 100 });
-    const before = sb.hostState();
+    const before = hostState(sb);
     const r = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'v', netns: c.path }, conf);
     if (probe.code !== 0) {
       console.log(`kernel has no bridge vlan_filtering (${probe.stderr.trim()}): checking the error path only`);
       expect(r.json.code).toBe(112);
-      expect(sb.hostState()).toBe(before);
+      expect(hostState(sb)).toBe(before);
       expect(allocations()).toEqual([]);
     } else {
       expect(r.code, r.stdout).toBe(0);
@@ -297,6 +303,6 @@ describe('the binary', () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(existsSync(marker)).toBe(false);
     const v = sb.plugin(BRIDGE, { command: 'VERSION', env: { NODE_OPTIONS: '--max-old-space-size=1' } }, { cniVersion: '0.4.0' });
-    expect(v.json).toEqual({ cniVersion: '0.4.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
+    expect(v.json).toEqual({ cniVersion: '0.4.0', supportedVersions: ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
   });
 });

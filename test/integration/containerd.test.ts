@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  type IptablesState, REFERENCE, buildRootfs, hostNetLock, iptablesAdded, iptablesRestore, iptablesState, mountsBelow, pluginDir, run, treeHash,
+  type IptablesState, type Owned, REFERENCE, buildRootfs, HOST_NET_LOCK_WAIT, hostNetLock, iptablesAdded, iptablesRestore, iptablesState, mountsBelow,
+  pluginDir, run, treeHash,
 } from '../helpers/podman.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
 
@@ -24,6 +25,11 @@ import { BIN, ROOT } from '../helpers/sandbox.js';
 // ctr adds the network after creating the task, and removes it (CNI DEL) only
 // when it ran attached, after the task is gone: the DEL comes with an empty
 // CNI_NETNS. A detached (`-d`) container is never removed from the network.
+//
+// Of the machine's links and iptables only what is the test's own is compared
+// and removed (its bridge and the container's veth; rules naming its network,
+// bridge, container or subnets, and the chains its plugins made while nobody
+// else uses them: see Owned in test/helpers/podman.ts).
 const SETS = (process.env.CNITS_CONTAINERD_PLUGIN_DIRS ?? `reference=${REFERENCE},ours=${BIN}`)
   .split(',').map((s) => {
     const [label, dir] = s.split('=');
@@ -53,8 +59,10 @@ mount --bind "$plugins" /usr/lib/cni
 exec "$@"
 `;
 
-function linkNames(): string {
-  return (JSON.parse(run(['ip', '-j', 'link', 'show']).stdout) as { ifname: string }[]).map((l) => l.ifname).sort().join(' ');
+/** Those of `names` that exist as links in the machine's namespace. */
+function linksPresent(names: string[]): string[] {
+  const all = new Set((JSON.parse(run(['ip', '-j', 'link', 'show']).stdout) as { ifname: string }[]).map((l) => l.ifname));
+  return names.filter((n) => n && all.has(n));
 }
 
 function sysctl(path: string): string {
@@ -69,7 +77,10 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
   let tmp = '';
   let containerd: ChildProcess | undefined;
   let borrowed: string[] = [];
-  let before: { ipt: IptablesState; links: string; watched: string; fwd4: string; fwd6: string; runContainerd: boolean };
+  let before: { ipt: IptablesState; watched: string; fwd4: string; fwd6: string; runContainerd: boolean };
+  const owned: Owned = { network: net.name, bridges: [net.bridge], prefixes: [`10.232.${third}.`, `fd00:232:${third.toString(16)}:`], containerIds: [fullId] };
+  /** The container's host-side veth, once seen. */
+  const veths: string[] = [];
   let out = '';
   let ctr: ChildProcess | undefined;
   let exited: Promise<number>;
@@ -81,7 +92,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
   beforeAll(async () => {
     unlock = await hostNetLock();
     before = {
-      ipt: iptablesState(), links: linkNames(),
+      ipt: iptablesState(),
       watched: treeHash(WATCHED), fwd4: sysctl('/proc/sys/net/ipv4/ip_forward'), fwd6: sysctl('/proc/sys/net/ipv6/conf/all/forwarding'),
       runContainerd: existsSync('/run/containerd'),
     };
@@ -124,7 +135,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       if (Date.now() > deadline || containerd.exitCode !== null) throw new Error(`containerd did not start: ${readFileSync(join(tmp, 'containerd.log'), 'utf8')}`);
       await new Promise((r) => setTimeout(r, 100));
     }
-  });
+  }, HOST_NET_LOCK_WAIT + 120_000);
 
   afterAll(async () => {
     if (!tmp) {
@@ -155,9 +166,9 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     }
     if (existsSync(`/sys/class/net/${net.bridge}`)) run(['ip', 'link', 'del', net.bridge]);
     for (const f of existsSync(CACHE) ? readdirSync(CACHE) : []) if (f.startsWith(`${net.name}-`)) rmSync(join(CACHE, f), { force: true });
-    iptablesRestore(before.ipt, [net.bridge]);
-    writeFileSync('/proc/sys/net/ipv4/ip_forward', before.fwd4);
-    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', before.fwd6);
+    if (before) iptablesRestore(before.ipt, owned);
+    if (before) writeFileSync('/proc/sys/net/ipv4/ip_forward', before.fwd4);
+    if (before) writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', before.fwd6);
     // containerd 1.6 puts shim sockets in /run/containerd/s whatever its state dir (a constant).
     if (!before.runContainerd) {
       for (const d of ['/run/containerd/s', '/run/containerd/fifo', '/run/containerd']) {
@@ -195,6 +206,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
   it('while it runs: the veth is a port of the bridge, the address is allocated, the NAT chain and libcni cache entry exist', () => {
     const links = JSON.parse(run(['ip', '-j', 'link', 'show', 'master', net.bridge]).stdout || '[]');
     expect(links.length, 'ports on the bridge').toBe(1);
+    veths.push(...links.map((l: { ifname: string }) => l.ifname));
     const v4 = out.match(/inet (10\.232\.\d+\.\d+)\/24/)?.[1] ?? '';
     expect(readFileSync(join(tmp, 'ipam', net.name, v4), 'utf8')).toContain(fullId);
     expect(Object.values(iptablesState()).join('\n')).toContain(`id: \\"${fullId}\\"`);
@@ -210,7 +222,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     expect(left, 'IPAM allocations').toEqual([]);
     expect(existsSync(join(CACHE, `${net.name}-${fullId}-eth0`)), 'libcni cache entry').toBe(false);
     expect(run(ctrArgs('container', 'list', '--quiet')).stdout.trim()).toBe('');
-    const added = iptablesAdded(before.ipt, [net.bridge]);
+    const added = iptablesAdded(before.ipt, owned);
     const ours = added.rules.map(([, , r]) => r).filter((r) => r.includes(fullId));
     // The reference bridge (1.1.1) returns from DEL right after IPAM when CNI_NETNS is
     // empty, so it never removes the container's ipMasq chain; ours does.
@@ -221,13 +233,13 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     }
   });
 
-  it('cleanup leaves the machine as it was: links, iptables, sysctls, /etc/cni, /usr/lib/cni, /opt/cni', async () => {
+  it('cleanup leaves the machine as it was: its links and iptables, sysctls, /etc/cni, /usr/lib/cni, /opt/cni', async () => {
     if (existsSync(`/sys/class/net/${net.bridge}`)) run(['ip', 'link', 'del', net.bridge]);
-    iptablesRestore(before.ipt, [net.bridge]);
+    iptablesRestore(before.ipt, owned);
     writeFileSync('/proc/sys/net/ipv4/ip_forward', before.fwd4);
     writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', before.fwd6);
-    expect(iptablesState()).toEqual(before.ipt);
-    expect(linkNames()).toBe(before.links);
+    expect(iptablesAdded(before.ipt, owned)).toEqual({ rules: [], chains: [] });
+    expect(linksPresent([net.bridge, ...veths])).toEqual([]);
     expect(treeHash(WATCHED)).toBe(before.watched);
     expect(mountsBelow('/etc/cni')).toEqual([]);
     expect(mountsBelow('/usr/lib/cni')).toEqual([]);

@@ -2,8 +2,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, describe, it } from 'vitest';
-import { BIN as BUILT, Sandbox } from '../helpers/sandbox.js';
+import { Sandbox, TEST_BIN } from '../helpers/sandbox.js';
 import { mulberry32 } from '../fuzz/generate.js';
+import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
 
 /**
  * Crash recovery (issue 8, item 4). A plugin is SIGKILLed in the middle of
@@ -53,6 +54,10 @@ import { mulberry32 } from '../fuzz/generate.js';
  *    the bridge on DEL either, so it legitimately stays — and the empty
  *    directories and `lock` files that DEL of host-local and dnsname create
  *    to take their locks (the reference host-local does the same).
+ * `make test` runs a seeded sample of each mode's kill points (the same on
+ * every run; CNI_TS_SAMPLE_SEED picks another), `make test-full`
+ * (CNI_TS_FULL=1) all of them.
+ *
  * Everywhere: the content of host-local's round-robin cursor
  * (`last_reserved_ip.N`) is ignored (it moves on with every allocation,
  * crashed or not), and what the kernel changes on its own when the bridge
@@ -60,12 +65,18 @@ import { mulberry32 } from '../fuzz/generate.js';
  * address's DAD state and its local route) is masked.
  */
 
-/** The plugins: bin/, or a copy of it (CNI_TS_TEST_BIN) to test a build while bin/ is rebuilt. */
-const BIN = process.env.CNI_TS_TEST_BIN ?? BUILT;
+/**
+ * The plugins: the test build (.build/test-bin: failpoints are a test hook,
+ * the shipped binary ignores CNI_TS_KILL_AT), or a copy of it
+ * (CNI_TS_TEST_BIN) to test a build while it is rebuilt.
+ */
+const BIN = process.env.CNI_TS_TEST_BIN ?? TEST_BIN;
 const XDG = 'xdg';
 const HAS_TUNING = existsSync(join(BIN, 'tuning'));
 const KILL_SEED = 0x5eed_c0de;
-const TIMED_PER_MODE = 8;
+const TIMED_PER_MODE = sized(2, 8);
+/** Failpoints per test in the sample (`make test`); all of them under CNI_TS_FULL=1. */
+const SAMPLED = { alone: 6, neighbour: 3, del: 5, gc: 3, fresh: 2 };
 /** Plugins without GC (a GC call would succeed doing nothing). */
 const NO_GC = new Set(['firewall', 'aos-firewall']);
 
@@ -568,7 +579,7 @@ afterAll(() => {
   for (const sb of sandboxes) sb.cleanup();
   for (const ns of namespaces) spawnSync('ip', ['netns', 'del', ns]);
   console.log(
-    `crash recovery: ${tally.failpoints} failpoint kills + ${tally.timed} timed kills (${tally.timedFinished} of those finished first), ` +
+    `crash recovery (${FULL ? 'full' : `sampled, seed ${SAMPLE_SEED}; CNI_TS_FULL=1 for all`}): ${tally.failpoints} failpoint kills + ${tally.timed} timed kills (${tally.timedFinished} of those finished first), ` +
       `${tally.clean} clean, ${((performance.now() - started) / 1000).toFixed(0)} s\n` +
       `  per mode: ${[...tally.byMode].map(([k, v]) => `${k} ${v}`).join(', ')}\n` +
       `  time per case: ${Object.entries(tally.ms).map(([k, v]) => `${k} ${(v / Math.max(1, tally.failpoints + tally.timed)).toFixed(0)} ms`).join(', ')}\n` +
@@ -586,11 +597,16 @@ const LISTS: [string, ListOf][] = [
   ['podman', podman],
   ['aos', aos],
 ];
-const TIMEOUT = 290_000;
+/**
+ * Per test, for a machine 4× slower than the one the sample was timed on
+ * (2 cores, busy: 40-150 s per test, all seven at once) with a CPU-bound
+ * process beside it. The full run takes far longer per test.
+ */
+const TIMEOUT = sized(900_000, 3_600_000);
 
 describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL and GC', () => {
   LISTS.forEach(([name, listOf], n) => {
-    it(`${name}: every failpoint and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
+    it(`${name}: ${FULL ? 'every failpoint' : `${SAMPLED.alone} failpoints`} and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crash'), listOf);
       // Containers that came and went: the host has the network's bridge and shared chains.
       let passes: Pass[] = [];
@@ -602,11 +618,11 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         passes = add.passes; // the second's: a container on this (no longer fresh) host
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = [...failpointsOf(passes), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
+      const points = [...sample(failpointsOf(passes), SAMPLED.alone, 1 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
       expect(report(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (alone)` }))).toBe('');
     }, TIMEOUT);
 
-    it(`${name}: dnsname's failpoints, each plugin's last and ${TIMED_PER_MODE} timed kills, beside a neighbour that stays untouched`, async ({ expect }) => {
+    it(`${name}: ${FULL ? "dnsname's failpoints, each plugin's last" : `${SAMPLED.neighbour} of dnsname's failpoints and each plugin's last`} and ${TIMED_PER_MODE} timed kills, beside a neighbour that stays untouched`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crashn'), listOf);
       const neighbour = await rt.container('n');
       await rt.add(neighbour);
@@ -616,13 +632,13 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
       const { result, passes } = await rt.add(probe, true);
       expect(await rt.del(probe, result)).toEqual([]);
       await rt.removeContainer(probe);
-      const points = [...failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
+      const points = [...sample(failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), SAMPLED.neighbour, 11 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
       expect(report(await runCases(rt, points, { neighbours: [neighbour], snap: {}, mode: `${name} (neighbour)` }))).toBe('');
     }, TIMEOUT);
   });
 
-  LISTS.forEach(([name, listOf]) => {
-    it(`${name}: killed during DEL at every failpoint, then the runtime's retried DEL`, async ({ expect }) => {
+  LISTS.forEach(([name, listOf], n) => {
+    it(`${name}: killed during DEL at ${FULL ? 'every failpoint' : `${SAMPLED.del} failpoints`}, then the runtime's retried DEL`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crashd'), listOf);
       let passes: Pass[] = [];
       for (const tag of ['w', 'p']) {
@@ -634,11 +650,11 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
       expect(await rt.gc([])).toEqual([]);
       const points = failpointsOf(passes);
       expect(points.length).toBeGreaterThan(10);
-      expect(report(await runDelCases(rt, points, `${name} (DEL killed)`))).toBe('');
+      expect(report(await runDelCases(rt, sample(points, SAMPLED.del, 21 + n), `${name} (DEL killed)`))).toBe('');
     }, TIMEOUT);
   });
 
-  it(`GC alone (the runtime lost its state): every failpoint after a change, and ${TIMED_PER_MODE / 2} timed kills per list`, async ({ expect }) => {
+  it(`GC alone (the runtime lost its state): ${FULL ? 'every failpoint after a change' : `${SAMPLED.gc} failpoints after a change`} and ${TIMED_PER_MODE / 2} timed kills per list`, async ({ expect }) => {
     const outcomes: Outcome[] = [];
     for (const [n, [name, listOf]] of LISTS.entries()) {
       const gcAble: ListOf = (sb, c) => {
@@ -655,17 +671,17 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         passes = add.passes;
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = [...failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l)), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
+      const points = [...sample(failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l)), SAMPLED.gc, 31 + n), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
       outcomes.push(...(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (GC only)`, gcOnly: true })));
     }
     expect(report(outcomes)).toBe('');
   }, TIMEOUT);
 
-  it('bridge and host-local on a fresh host (the bridge itself stays, as with the reference)', async ({ expect }) => {
+  it(`bridge and host-local on a fresh host${FULL ? '' : ` (${SAMPLED.fresh} failpoints)`} (the bridge itself stays, as with the reference)`, async ({ expect }) => {
     const probe = new Runtime(sandbox('crashp'), podman);
     const { passes } = await probe.add(await probe.container('p'), true);
     const outcomes: Outcome[] = [];
-    const points = failpointsOf(passes, (t) => t === 'bridge');
+    const points = sample(failpointsOf(passes, (t) => t === 'bridge'), SAMPLED.fresh, 41);
     const hosts = points.map(() => sandbox('crashf')); // made up front: Sandbox blocks, the timed kills of other modes must not wait
     for (const [i, k] of points.entries()) {
       outcomes.push(...(await runCases(new Runtime(hosts[i], podman), [k], { neighbours: [], snap: { fresh: { bridge: 'cni-podman0' } }, mode: 'podman (fresh host)' })));

@@ -1,7 +1,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BIN, must, Sandbox } from '../helpers/sandbox.js';
+import { BIN, must, Sandbox, TEST_BIN } from '../helpers/sandbox.js';
 import { Traffic } from '../helpers/traffic.js';
 
 const BRIDGE = join(BIN, 'bridge');
@@ -93,8 +93,9 @@ describe('firewall (reference semantics)', () => {
     expect(filter()).toBe(before);
   });
 
-  it('works the same on the iptables-legacy backend', () => {
+  it('works the same on the iptables-legacy backend (CNI_TS_IPTABLES, a test hook: the test build)', () => {
     const env = { CNI_TS_IPTABLES: 'legacy' };
+    const FIREWALL = join(TEST_BIN, 'firewall');
     const conf = { cniVersion: '1.0.0', name: 'n', type: 'firewall', prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.62.9.2/24' }] } };
     const call = { command: 'ADD', containerId: 'x', netns: sb.container().path, env };
     expect(sb.plugin(FIREWALL, call, conf).code).toBe(0);

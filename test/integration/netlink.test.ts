@@ -89,10 +89,10 @@ describe('lib/netlink in real namespaces', () => {
     await rb.setMtu(vb.index, 1300);
     await rb.setPromisc(vb.index, true);
     expect(await rb.linkByIndex(vb.index)).toMatchObject({ mac: '02:00:00:00:00:bb', mtu: 1300, promisc: true });
-    const host = readSysctl('net.ipv4.conf.all.forwarding');
-    b.run(() => writeSysctl('net.ipv4.conf.all.forwarding', host === '1' ? '0' : '1'));
-    expect(b.run(() => readSysctl('net.ipv4.conf.all.forwarding'))).toBe(host === '1' ? '0' : '1');
-    expect(readSysctl('net.ipv4.conf.all.forwarding')).toBe(host); // the test's own namespace is untouched
+    const host = readSysctl(['net', 'ipv4', 'conf', 'all', 'forwarding']);
+    b.run(() => writeSysctl(['net', 'ipv4', 'conf', 'all', 'forwarding'], host === '1' ? '0' : '1'));
+    expect(b.run(() => readSysctl(['net', 'ipv4', 'conf', 'all', 'forwarding']))).toBe(host === '1' ? '0' : '1');
+    expect(readSysctl(['net', 'ipv4', 'conf', 'all', 'forwarding'])).toBe(host); // the test's own namespace is untouched
   });
 
   it('sets and clears all-multicast and the transmit queue length', async () => {

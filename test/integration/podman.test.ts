@@ -3,8 +3,8 @@ import { get } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  type IptablesState, type PodmanNetwork, Podman, REFERENCE, iptablesAdded, iptablesRestore, iptablesState, libpodCgroups,
-  hostNetLock, mountsBelow, run, treeHash,
+  type IptablesState, type Owned, type PodmanNetwork, Podman, REFERENCE, iptablesAdded, iptablesRestore, iptablesState, libpodCgroups,
+  HOST_NET_LOCK_WAIT, hostNetLock, mountsBelow, run, treeHash,
 } from '../helpers/podman.js';
 import { BIN } from '../helpers/sandbox.js';
 
@@ -13,7 +13,11 @@ import { BIN } from '../helpers/sandbox.js';
 // each set below. Podman works in the machine's own network namespace, so the
 // network has a subnet of its own (10.231.x.0/24) and everything it leaves is
 // checked and then removed; /etc/containers and /etc/cni are hashed before and
-// after. CNITS_PODMAN_PLUGIN_DIRS="label=dir,…" picks the sets (default: the
+// after. Of the machine's links and iptables only what is the test's own is
+// compared and removed (its bridge and veths; rules naming its network,
+// bridge, containers or subnet, its containers' chains, and the shared chains
+// its plugins created while nobody else uses them: see Owned): other
+// processes may change the rest meanwhile. CNITS_PODMAN_PLUGIN_DIRS="label=dir,…" picks the sets (default: the
 // reference in /usr/lib/cni, then ours in bin/; a plugin missing from a set
 // is taken from the reference and named in the log).
 const SETS = (process.env.CNITS_PODMAN_PLUGIN_DIRS ?? `reference=${REFERENCE},ours=${BIN}`)
@@ -34,8 +38,10 @@ function hostAddress(): string {
   return r[0]?.prefsrc ?? '';
 }
 
-function linkNames(): string[] {
-  return (JSON.parse(run(['ip', '-j', 'link', 'show']).stdout) as { ifname: string }[]).map((l) => l.ifname).sort();
+/** Those of `names` that exist as links in the machine's namespace. */
+function linksPresent(names: string[]): string[] {
+  const all = new Set((JSON.parse(run(['ip', '-j', 'link', 'show']).stdout) as { ifname: string }[]).map((l) => l.ifname));
+  return names.filter((n) => n && all.has(n));
 }
 
 function httpGet(host: string, port: number, timeoutMs = 5000): Promise<string> {
@@ -87,7 +93,6 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
   let net: PodmanNetwork;
   let etcBefore: string;
   let iptBefore: IptablesState;
-  let linksBefore: string[];
   let forwardBefore: string;
   let cgroupsBefore: string[];
   let unlock: (() => void) | undefined;
@@ -95,6 +100,11 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
   const names = { a: `cnits-a-${process.pid}`, b: `cnits-b-${process.pid}`, c: `cnits-c-${process.pid}` };
   const ctr: Record<string, Ctr> = {};
   /** A container an earlier step started, or a plain error saying it did not. */
+  /** What of the machine's state is this test's (see Owned). */
+  const owned = (): Owned => ({
+    network: net.name, bridges: [net.bridge], prefixes: [net.subnet.replace(/0\/24$/, '')], containerIds: [...pm.containers, ...Object.values(ctr).map((c) => c.id)],
+  });
+  const ownLinks = () => linksPresent([net.bridge, ...Object.values(ctr).map((c) => c.veth)]);
   const need = (key: 'a' | 'b'): Ctr => {
     if (!ctr[key]) throw new Error(`${names[key]} did not start (see the first failure)`);
     return ctr[key];
@@ -104,7 +114,6 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
     unlock = await hostNetLock();
     etcBefore = treeHash(ETC);
     iptBefore = iptablesState();
-    linksBefore = linkNames();
     forwardBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
     cgroupsBefore = libpodCgroups();
     pm = new Podman(`podman-${label}`, dir);
@@ -113,11 +122,11 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
       mkdirSync(join(pm.rootfs, 'www', n), { recursive: true });
       writeFileSync(join(pm.rootfs, 'www', n, 'index.html'), `hello from ${n}\n`);
     }
-  });
+  }, HOST_NET_LOCK_WAIT + 120_000);
 
   afterAll(() => {
     pm?.cleanup();
-    if (iptBefore) iptablesRestore(iptBefore, net ? [net.bridge] : []);
+    if (iptBefore && net) iptablesRestore(iptBefore, owned());
     if (forwardBefore && readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8') !== forwardBefore) writeFileSync('/proc/sys/net/ipv4/ip_forward', forwardBefore);
     unlock?.();
   });
@@ -238,10 +247,13 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
   });
 
   it("a container that exits by itself is torn down by podman's cleanup process (conmon's exit command)", async () => {
-    const c = start(names.c, [], ['/bin/sleep', '2']);
+    // It exits when told (a file in its /www), not after a fixed time: on a slow, busy machine a
+    // `sleep 2` was over before podman had been asked about it.
+    const c = start(names.c, [], ['/bin/sh', '-c', `while [ ! -e /www/${names.c}/exit ]; do sleep 0.1; done`]);
     ctr.c = c;
     expectPresent(c);
-    const deadline = Date.now() + 20_000;
+    writeFileSync(join(pm.rootfs, 'www', names.c, 'exit'), '');
+    const deadline = Date.now() + 90_000;
     while (Date.now() < deadline && (existsSync(join(IPAM, net.name, c.ip)) || existsSync(`/sys/class/net/${c.veth}`))) {
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -271,20 +283,20 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
   it("podman network rm removes the bridge; the plugins' shared chains are all that is left in iptables", () => {
     pm.must(['network', 'rm', net.name]);
     expect(existsSync(`/sys/class/net/${net.bridge}`)).toBe(false);
-    expect(linkNames()).toEqual(linksBefore);
-    const added = iptablesAdded(iptBefore, [net.bridge]);
+    expect(ownLinks()).toEqual([]);
+    const added = iptablesAdded(iptBefore, owned());
     expect(added.chains.map(([, , c]) => c).filter((c) => !SHARED_CHAINS.includes(c))).toEqual([]);
     const unexpected = added.rules.map(([, , r]) => r).filter((r) => !sharedRule(r) && !(label === 'reference' && referenceLeak(r, net.bridge)));
     expect(unexpected).toEqual([]);
   });
 
-  it('cleanup leaves the machine as it was: links, iptables, cgroups, /etc/containers and /etc/cni, no temp dir, no mounts', () => {
+  it('cleanup leaves the machine as it was: its links and iptables, cgroups, /etc/containers and /etc/cni, no temp dir, no mounts', () => {
     const { dir } = pm;
     pm.cleanup();
-    iptablesRestore(iptBefore, [net.bridge]);
+    iptablesRestore(iptBefore, owned());
     writeFileSync('/proc/sys/net/ipv4/ip_forward', forwardBefore);
-    expect(iptablesState()).toEqual(iptBefore);
-    expect(linkNames()).toEqual(linksBefore);
+    expect(iptablesAdded(iptBefore, owned())).toEqual({ rules: [], chains: [] });
+    expect(ownLinks()).toEqual([]);
     expect(treeHash(ETC)).toBe(etcBefore);
     expect(existsSync(dir)).toBe(false);
     expect(mountsBelow(dir)).toEqual([]);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
 import { resolve, Traffic } from '../helpers/traffic.js';
+import { FULL, sized } from '../helpers/sample.js';
 
 // Scale (issue 8, item 3): 200 containers ADDed to one bridge through libcni
 // (test/tools/cnitool), 16 in flight, then DELed the same way, for the
@@ -16,8 +17,15 @@ import { resolve, Traffic } from '../helpers/traffic.js';
 // call's time (<file>), the plugins' CNI_TS_TRACE output (<file>.trace) and
 // the tables after the ADDs (<file>.filter, <file>.nat);
 // CNI_TS_SCALE_COUNT / CNI_TS_SCALE_IN_FLIGHT change the load.
+//
+// `make test` runs 48 containers per list (still 16 in flight, so the locks
+// are contended as much); `make test-full` (CNI_TS_FULL=1) runs 200 and
+// also checks that the per-call time stays flat as the count grows (a
+// scaling check that needs the full count; it is the one timing in here).
 const CNITOOL = join(ROOT, 'test/tools/cnitool/cnitool');
-const COUNT = Number(process.env.CNI_TS_SCALE_COUNT) || 200;
+const COUNT = Number(process.env.CNI_TS_SCALE_COUNT) || sized(48, 200);
+/** Per list, for a machine 4× slower than this one with a CPU-bound process beside it. */
+const TIMEOUT = sized(900_000, 2_400_000);
 const IN_FLIGHT = Number(process.env.CNI_TS_SCALE_IN_FLIGHT) || 16;
 const TUNING = existsSync(join(BIN, 'tuning'));
 
@@ -111,13 +119,14 @@ function cnitool(c: Container, command: string, net: string): Promise<Timed> {
 
 function summary(label: string, runs: Timed[], totalMs: number): { first: number; last: number } {
   const ms = runs.map((r) => r.ms);
-  const first = median(ms.slice(0, 50));
-  const last = median(ms.slice(-50));
+  const w = Math.min(50, Math.floor(ms.length / 2)); // 50, or half of a sampled run
+  const first = median(ms.slice(0, w));
+  const last = median(ms.slice(-w));
   const blocks: string[] = [];
   for (let i = 0; i < ms.length; i += 25) blocks.push(`${i + 1}-${Math.min(i + 25, ms.length)}: ${r0(median(ms.slice(i, i + 25)))}`);
   console.log(
     `${label}: ${runs.length} in ${(totalMs / 1000).toFixed(1)} s (${IN_FLIGHT} in flight, ${r0(totalMs / runs.length)} ms/container throughput); ` +
-      `per call median first 50 ${r0(first)} ms, last 50 ${r0(last)} ms, max ${r0(Math.max(...ms))} ms; medians by start order [${blocks.join(', ')}]`,
+      `per call median first ${w} ${r0(first)} ms, last ${w} ${r0(last)} ms, max ${r0(Math.max(...ms))} ms; medians by start order [${blocks.join(', ')}]`,
   );
   return { first, last };
 }
@@ -276,12 +285,14 @@ async function scale(s: Scenario): Promise<void> {
   // (whose first 50 also pay for 16 cold starts at once). Generous for this
   // noisy 2-core machine; a scan costing some 10 ms per container and call
   // under a lock still fails it.
-  expect(addTimes.last, 'ADD time grows with the number of containers').toBeLessThan(2 * addTimes.first + 500);
-  expect(delTimes.first, 'DEL time grows with the number of containers').toBeLessThan(2.5 * delTimes.last + 500);
+  if (FULL && COUNT >= 150) {
+    expect(addTimes.last, 'ADD time grows with the number of containers').toBeLessThan(2 * addTimes.first + 500);
+    expect(delTimes.first, 'DEL time grows with the number of containers').toBeLessThan(2.5 * delTimes.last + 500);
+  }
 }
 
 describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, () => {
-  it(`podman-style list: bridge, portmap, firewall, ${TUNING ? 'tuning, ' : ''}dnsname`, { timeout: 600_000 }, async () => {
+  it(`podman-style list: bridge, portmap, firewall, ${TUNING ? 'tuning, ' : ''}dnsname`, { timeout: TIMEOUT }, async () => {
     if (!TUNING) console.log('bin/tuning does not exist yet: the podman-style list runs without tuning');
     const ipamDir = join(sb.dir, 'ipam');
     await scale({
@@ -327,7 +338,7 @@ describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, (
     });
   });
 
-  it('Aos list: bridge, dnsname, aos-firewall, bandwidth, traffic-accounting (one list per instance, as the Aos service manager writes)', { timeout: 600_000 }, async () => {
+  it('Aos list: bridge, dnsname, aos-firewall, bandwidth, traffic-accounting (one list per instance, as the Aos service manager writes)', { timeout: TIMEOUT }, async () => {
     const ipamDir = join(sb.dir, 'ipam');
     const uuid = (i: number) => `5ca1e000-0000-4000-8000-${String(i).padStart(12, '0')}`;
     await scale({

@@ -41,7 +41,8 @@ describe('traffic-accounting', () => {
     expect(r.code, r.stdout).toBe(0);
     expect(r.json).toEqual(b.json);
     const f = filter();
-    expect(f).toMatch(/-A FORWARD -j AOS_596c510788af873a_(IN|OUT)/);
+    // The jumps carry the owner record GC goes by (network, container, interface).
+    expect(f).toMatch(/-A FORWARD -m comment --comment "cni-ts traffic-accounting net=tanet id=inst-1 if=eth0" -j AOS_596c510788af873a_(IN|OUT)/);
     expect(f).toContain('-A AOS_596c510788af873a_IN -s 10.0.0.0/8 -j RETURN');
     expect(f).toContain('-A AOS_596c510788af873a_OUT -s 10.83.0.2/32');
     expect(f.split('\n').filter((l) => l.includes('-A FORWARD'))[0]).toContain('AOS_596c510788af873a');

@@ -1,7 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BIN, Sandbox, must } from '../helpers/sandbox.js';
+import { BIN, Sandbox, TEST_BIN, must } from '../helpers/sandbox.js';
 
 const TUNING = join(BIN, 'tuning');
 const REFERENCE = '/usr/lib/cni/tuning';
@@ -38,6 +39,8 @@ const conf = (a: Att, extra: Record<string, unknown>, withPrev = true) => ({
   cniVersion: '1.0.0', name: 'tun', type: 'tuning', dataDir: dataDir(), ...extra, ...(withPrev ? { prevResult: a.prev } : {}),
 });
 const run = (a: Att, command: string, extra: Record<string, unknown>, opts: { prev?: boolean; args?: string; env?: Record<string, string>; bin?: string } = {}) =>
+  runTuning(a, command, extra, opts);
+const runTuning = (a: Att, command: string, extra: Record<string, unknown>, opts: { prev?: boolean; args?: string; env?: Record<string, string>; bin?: string } = {}) =>
   sb.plugin(opts.bin ?? TUNING, { command, containerId: a.id, netns: a.path, args: opts.args, env: opts.env }, conf(a, extra, opts.prev ?? true));
 /** What the tests read back of a link. */
 const state = (l: any) => ({ mac: l.address, mtu: l.mtu, txqlen: l.txqlen, promisc: l.flags.includes('PROMISC'), allmulti: l.flags.includes('ALLMULTI') });
@@ -69,7 +72,7 @@ describe('tuning', () => {
     expect(state(link(a.ns))).toEqual({ mac: ALL.mac, mtu: 1400, txqlen: 321, promisc: true, allmulti: true });
     expect(SYSCTLS.map((p) => sysctl(a.ns, p))).toEqual(['512', '1', '2', '32000\t60000']);
     expect(JSON.parse(readFileSync(saved(a), 'utf8'))).toEqual({
-      containerID: a.id, ifname: 'eth0', mac: a.orig.address, promisc: false, mtu: 1500, allmulti: false, txQLen: a.orig.txqlen,
+      network: 'tun', containerID: a.id, ifname: 'eth0', mac: a.orig.address, promisc: false, mtu: 1500, allmulti: false, txQLen: a.orig.txqlen,
       sysctl: Object.fromEntries(SYSCTLS.map((p, i) => [p, before[i]])),
     });
     expect(run(a, 'CHECK', { ...ALL, prevResult: r.json }, { prev: false }).code).toBe(0);
@@ -158,11 +161,12 @@ describe('tuning', () => {
     expect(r.json).toMatchObject({ code: 7, msg: 'duplicated sysctl keys are not allowed' });
   });
 
-  it('honours a sysctl allowlist (path from CNI_TS_TUNING_ALLOWLIST) when one is present', () => {
+  it('honours a sysctl allowlist (path from CNI_TS_TUNING_ALLOWLIST, a test hook: the test build) when one is present', () => {
     const a = attach();
     const list = join(sb.dir, 'allowlist.conf');
     writeFileSync(list, '^net\\.core\\.somaxconn$\n\n  ^net\\.ipv4\\.conf\\.IFNAME\\.[a-z_]+$  \n');
     const env = { CNI_TS_TUNING_ALLOWLIST: list };
+    const run = (a: Att, command: string, extra: Record<string, unknown>, opts: { env?: Record<string, string> } = {}) => runTuning(a, command, extra, { ...opts, bin: join(TEST_BIN, 'tuning') });
     const denied = run(a, 'ADD', { sysctl: { 'net.ipv4.ip_forward': '1' } }, { env });
     expect(denied.json).toMatchObject({ code: 7, msg: expect.stringMatching(/^Sysctl net.ipv4.ip_forward is not allowed/) });
     expect(existsSync(saved(a))).toBe(false);
@@ -196,15 +200,16 @@ describe('tuning', () => {
     const b = attach('c2');
     expect(run(a, 'ADD', { mtu: 1400 }).code).toBe(0);
     expect(run(b, 'ADD', { mtu: 1400 }).code).toBe(0);
-    // What a writer SIGKILLed between write and rename leaves behind.
-    for (const id of ['c1', 'c2', 'c3']) writeFileSync(join(dataDir(), `${id}_eth0.json.4242.tmp`), '{');
+    // What a writer SIGKILLed between write and rename leaves behind (GC takes only a dead writer's).
+    const dead = spawnSync('true').pid;
+    for (const id of ['c1', 'c2', 'c3']) writeFileSync(join(dataDir(), `${id}_eth0.json.${dead}.tmp`), '{');
     const gc = sb.plugin(TUNING, { command: 'GC' }, {
       cniVersion: '1.1.0', name: 'tun', type: 'tuning', dataDir: dataDir(), 'cni.dev/valid-attachments': [{ containerID: 'c2', ifname: 'eth0' }],
     });
     expect(gc.code, gc.stdout).toBe(0);
     expect(existsSync(saved(a))).toBe(false);
     expect(existsSync(saved(b))).toBe(true);
-    expect(readdirSync(dataDir()).sort()).toEqual(['c2_eth0.json', 'c2_eth0.json.4242.tmp']);
+    expect(readdirSync(dataDir()).sort()).toEqual(['c2_eth0.json', `c2_eth0.json.${dead}.tmp`]);
     expect(run(b, 'DEL', {}).code).toBe(0); // DEL takes its own leftovers too
     expect(readdirSync(dataDir())).toEqual([]);
   });

@@ -21,7 +21,7 @@ describe('aos-firewall state file', () => {
   it('writes leave no journal behind', async () => {
     const f = new StateFile(join(dir, 'aos_chains.conf'));
     await f.update((m) => {
-      m.a = entry('a');
+      m.set('a', entry('a'));
     });
     expect(JSON.parse(readFileSync(f.path, 'utf8'))).toEqual({ a: entry('a') });
     expect(existsSync(`${f.path}.journal`)).toBe(false);
@@ -30,14 +30,14 @@ describe('aos-firewall state file', () => {
   it('a writer killed after journaling, with the file truncated: readers see the journal, the next update completes it', async () => {
     const f = new StateFile(join(dir, 'aos_chains.conf'));
     await f.update((m) => {
-      m.neighbour = entry('neighbour');
+      m.set('neighbour', entry('neighbour'));
     });
     // What a process killed inside write() leaves: the journal whole, the file cut.
     writeFileSync(`${f.path}.journal`, JSON.stringify({ neighbour: entry('neighbour'), k: entry('k') }));
     writeFileSync(f.path, '');
-    expect(Object.keys(f.read())).toEqual(['neighbour', 'k']);
+    expect(f.read().keys()).toEqual(['neighbour', 'k']);
     await f.update((m) => {
-      delete m.k;
+      m.delete('k');
     });
     expect(JSON.parse(readFileSync(f.path, 'utf8'))).toEqual({ neighbour: entry('neighbour') });
     expect(existsSync(`${f.path}.journal`)).toBe(false);
@@ -46,11 +46,11 @@ describe('aos-firewall state file', () => {
   it('a writer killed while writing the journal aside: the file stands, the scrap goes', async () => {
     const f = new StateFile(join(dir, 'aos_chains.conf'));
     await f.update((m) => {
-      m.neighbour = entry('neighbour');
+      m.set('neighbour', entry('neighbour'));
     });
     writeFileSync(`${f.path}.journal.tmp`, '{"neighb');
     await f.update(() => undefined);
-    expect(Object.keys(f.read())).toEqual(['neighbour']);
+    expect(f.read().keys()).toEqual(['neighbour']);
     expect(existsSync(`${f.path}.journal.tmp`)).toBe(false);
   });
 });

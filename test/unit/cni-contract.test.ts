@@ -59,14 +59,29 @@ describe('versions', () => {
   it('compares numerically and rejects unknown versions with code 1', () => {
     expect(compareVersions('0.4.0', '0.10.0')).toBeLessThan(0);
     expect(compareVersions('1.1.0', '1.0.0')).toBeGreaterThan(0);
-    expect(code(() => requireSupported('0.2.0'))).toBe(1);
-    expect(code(() => requireSupported(undefined))).toBe(1);
+    expect(code(() => requireSupported('0.5.0'))).toBe(1);
     expect(requireSupported('0.3.1')).toBe('0.3.1');
   });
-  it('answers VERSION in the caller version when supported', () => {
+  it('serves 0.1.0 and 0.2.0 as the reference does (no cniVersion is 0.1.0), except where its plugin does not', () => {
+    expect(requireSupported('0.2.0', 'bridge')).toBe('0.2.0');
+    expect(requireSupported('0.1.0', 'host-local')).toBe('0.1.0');
+    expect(requireSupported(undefined, 'bridge')).toBe('0.1.0');
+    expect(requireSupported('', 'tuning')).toBe('0.1.0');
+    // Debian's 1.1.1: bandwidth from 0.3.0, firewall from 0.4.0.
+    expect(code(() => requireSupported('0.2.0', 'bandwidth'))).toBe(1);
+    expect(requireSupported('0.3.0', 'bandwidth')).toBe('0.3.0');
+    expect(code(() => requireSupported('0.3.1', 'firewall'))).toBe(1);
+    expect(code(() => requireSupported(undefined, 'firewall'))).toBe(1);
+    expect(requireSupported('0.4.0', 'firewall')).toBe('0.4.0');
+  });
+  it('answers VERSION in the caller version when supported, with the plugin\'s own list', () => {
+    const all = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
     expect(versionInfo('0.4.0').cniVersion).toBe('0.4.0');
     expect(versionInfo('9.9.9').cniVersion).toBe('1.1.0');
-    expect(versionInfo(undefined).supportedVersions).toEqual(['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
+    expect(versionInfo(undefined).supportedVersions).toEqual(all);
+    for (const p of ['bridge', 'host-local', 'portmap', 'tuning', 'loopback', 'dnsname']) expect(versionInfo('0.2.0', p)).toEqual({ cniVersion: '0.2.0', supportedVersions: all });
+    expect(versionInfo('0.2.0', 'bandwidth')).toEqual({ cniVersion: '1.1.0', supportedVersions: all.slice(2) });
+    expect(versionInfo('0.3.1', 'firewall')).toEqual({ cniVersion: '1.1.0', supportedVersions: ['0.4.0', '1.0.0', '1.1.0'] });
   });
 });
 
@@ -98,8 +113,51 @@ describe('result conversion', () => {
     expect((formatResult(r, '1.0.0') as { interfaces: object[] }).interfaces[0]).not.toHaveProperty('mtu');
   });
   it('rejects results of versions it does not speak', () => {
-    expect(code(() => parseResult({ cniVersion: '0.2.0', ip4: { ip: '10.0.0.2/24' } }))).toBe(1);
+    expect(code(() => parseResult({ cniVersion: '0.5.0', ips: [] }))).toBe(1);
     expect(code(() => parseResult({ cniVersion: '1.0.0', ips: [{ gateway: 'x' }] }))).toBe(6);
+  });
+
+  // The reference's own output for bridge + host-local, dual stack with routes (see parity.test.ts).
+  const v020 = {
+    cniVersion: '0.2.0',
+    ip4: { ip: '10.1.0.2/24', gateway: '10.1.0.1', routes: [{ dst: '192.168.0.0/16' }, { dst: '0.0.0.0/0', gw: '10.1.0.1' }] },
+    ip6: { ip: 'fd00:1::2/64', gateway: 'fd00:1::1', routes: [{ dst: 'fd00:9::/64', gw: 'fd00:1::9' }, { dst: '::/0', gw: 'fd00:1::1' }] },
+    dns: { nameservers: ['10.1.0.1'] },
+  };
+  it('reads a 0.2.0 result (ip4/ip6) into the model, as libcni converts it', () => {
+    expect(parseResult(v020)).toEqual({
+      interfaces: [],
+      ips: [{ address: '10.1.0.2/24', gateway: '10.1.0.1' }, { address: 'fd00:1::2/64', gateway: 'fd00:1::1' }],
+      routes: [{ dst: '192.168.0.0/16' }, { dst: '0.0.0.0/0', gw: '10.1.0.1' }, { dst: 'fd00:9::/64', gw: 'fd00:1::9' }, { dst: '::/0', gw: 'fd00:1::1' }],
+      dns: { nameservers: ['10.1.0.1'] },
+    });
+    expect(formatResult(parseResult(v020), '0.4.0')).toEqual({
+      cniVersion: '0.4.0',
+      ips: [{ version: '4', address: '10.1.0.2/24', gateway: '10.1.0.1' }, { version: '6', address: 'fd00:1::2/64', gateway: 'fd00:1::1' }],
+      routes: v020.ip4.routes.concat(v020.ip6.routes),
+      dns: { nameservers: ['10.1.0.1'] },
+    });
+    // 0.1.0 has the same shape; a result without cniVersion but with ip4 is 0.1.0.
+    expect(parseResult({ ...v020, cniVersion: '0.1.0' })).toEqual(parseResult(v020));
+    expect(parseResult({ ip4: { ip: '10.1.0.2/24' } }).ips).toEqual([{ address: '10.1.0.2/24' }]);
+    // ip4 must be IPv4 and ip6 IPv6; ip is required.
+    expect(code(() => parseResult({ cniVersion: '0.2.0', ip4: { ip: 'fd00::2/64' } }))).toBe(6);
+    expect(code(() => parseResult({ cniVersion: '0.2.0', ip6: { gateway: 'fd00::1' } }))).toBe(6);
+  });
+  it('writes 0.2.0 and 0.1.0 results in the reference\'s shape and key order', () => {
+    // Round trip through the model keeps the reference's JSON byte for byte.
+    expect(JSON.stringify(formatResult(parseResult(v020), '0.2.0'))).toBe(JSON.stringify(v020));
+    expect(JSON.stringify(formatResult(parseResult(v020), '0.1.0'))).toBe(JSON.stringify({ ...v020, cniVersion: '0.1.0' }));
+    // From a newer result: interfaces dropped, the first address of each family kept, routes by destination family.
+    const many = parseResult({
+      cniVersion: '1.1.0',
+      interfaces: [{ name: 'eth0', mac: '00:11:22:33:44:55', sandbox: '/x' }],
+      ips: [{ interface: 0, address: '10.0.0.2/24', gateway: '10.0.0.1' }, { interface: 0, address: '10.0.1.2/24' }],
+      routes: [{ dst: '0.0.0.0/0', gw: '10.0.0.1', mtu: 1400 }, { dst: '::/0', gw: 'fd00::1' }],
+    });
+    expect(formatResult(many, '0.2.0')).toEqual({ cniVersion: '0.2.0', ip4: { ip: '10.0.0.2/24', gateway: '10.0.0.1', routes: [{ dst: '0.0.0.0/0', gw: '10.0.0.1' }] }, dns: {} });
+    // Nothing to write without an address (libcni: "cannot convert: no valid IP addresses").
+    expect(code(() => formatResult({ interfaces: [{ name: 'eth0' }], ips: [], routes: [], dns: {} }, '0.2.0'))).toBe(1);
   });
 });
 
@@ -129,6 +187,14 @@ describe('dispatch', () => {
   const run = (vars: Record<string, string>, conf: unknown) => invoke(plugin, vars, Buffer.from(typeof conf === 'string' ? conf : JSON.stringify(conf)));
   const codeOf = async (p: Promise<unknown>) => p.then(() => 0, (e: CniError) => e.code);
 
+  it('reads a 0.2.0 prevResult and writes 0.2.0 results', async () => {
+    const out = await run(env, { cniVersion: '1.0.0', name: 'n', type: 'fake', prevResult: { cniVersion: '0.2.0', ip4: { ip: '10.1.0.2/16' } } });
+    expect(out.output).toEqual({ cniVersion: '1.0.0', ips: [{ address: '10.1.0.2/16' }], dns: {} });
+    const old = await run(env, { cniVersion: '0.2.0', name: 'n', type: 'fake', prevResult: { cniVersion: '0.3.1', ips: [{ version: '6', address: 'fd00::2/64' }] } });
+    expect(old.output).toEqual({ cniVersion: '0.2.0', ip6: { ip: 'fd00::2/64' }, dns: {} });
+    const none = await run(env, { name: 'n', type: 'fake', prevResult: { ip4: { ip: '10.1.0.2/16' } } });
+    expect(none.output).toEqual({ cniVersion: '0.1.0', ip4: { ip: '10.1.0.2/16' }, dns: {} });
+  });
   it('converts prevResult to the config version', async () => {
     const out = await run(env, { cniVersion: '1.0.0', name: 'n', type: 'fake', prevResult: { cniVersion: '0.3.1', ips: [{ version: '4', address: '10.1.0.2/16' }] } });
     expect(out.output).toEqual({ cniVersion: '1.0.0', ips: [{ address: '10.1.0.2/16' }], dns: {} });
