@@ -10,7 +10,7 @@ import {
 } from '../../lib/netlink/tc.js';
 import { bandwidthConfig, directions, shaped, type BandwidthConfig, type Direction } from './config.js';
 import { trace } from '../../lib/cni/trace.js';
-import { ownerTag, staleOwned, validKeys } from '../../lib/owner.js';
+import { ownerTag, staleOwned, validKeys } from '../../lib/cni/owner.js';
 
 /**
  * bandwidth: traffic toward the container is shaped by a tbf at the root of

@@ -46,9 +46,11 @@ function familiesOf(ctx: Ctx): (4 | 6)[] {
 
 async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolean): Promise<LinkInfo> {
   let br = await host.linkByName(cfg.bridge);
+  let created = false;
   if (!br) {
     try {
       await host.createBridge(cfg.bridge, { mtu: cfg.mtu || undefined, vlanFiltering });
+      created = true;
     } catch (err) {
       if (errnoOf(err) !== 'EEXIST') throw kernel(`failed to create bridge ${cfg.bridge}`, err);
     }
@@ -59,8 +61,10 @@ async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolea
   // Pin the bridge's MAC (the kernel then marks it as set, addr_assign_type 3):
   // otherwise a bridge takes the lowest MAC of its ports and changes it when
   // that container leaves, and every other container's ARP entry for the
-  // gateway goes stale. The reference does the same.
-  await host.setMac(br.index, br.mac);
+  // gateway goes stale. Only once, by whoever created the bridge: setting a
+  // MAC — even the same one — makes the kernel flush the bridge's neighbour
+  // table, which every later ADD would otherwise do.
+  if (created) await host.setMac(br.index, br.mac);
   if (cfg.promiscMode && !br.promisc) await host.setPromisc(br.index, true);
   if (!br.up) await host.setUp(br.index);
   if (vlanFiltering && !cfg.preserveDefaultVlan) {

@@ -6,7 +6,7 @@ import { sameRule, save, transaction, type Rule, type TablePlan } from '../../li
 import { rule } from '../../lib/iptables/rule.js';
 import { stdHashHex } from '../../lib/iptables/stdhash.js';
 import { isCidr } from '../../lib/ip/index.js';
-import { ownerTag, staleOwned, validKeys, type Owner } from '../../lib/owner.js';
+import { ownerTag, staleOwned, validKeys, type Owner } from '../../lib/cni/owner.js';
 
 /**
  * traffic-accounting: the Aos service manager's per-instance accounting

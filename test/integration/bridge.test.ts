@@ -74,6 +74,20 @@ describe('bridge + host-local in real namespaces', () => {
     }
   });
 
+  it("a later ADD leaves the bridge's neighbour table alone (the MAC is pinned once, not on every ADD)", () => {
+    const c1 = sb.container();
+    const r1 = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'n1', netns: c1.path }, netconf());
+    expect(r1.code, r1.stdout).toBe(0);
+    // The host learns the first container's MAC.
+    expect(sb.inHost(['ping', '-c', '1', '-W', '2', '10.77.0.2']).code).toBe(0);
+    const neigh = () => sb.inHost(['ip', 'neigh', 'show', 'dev', 'cnitest0', '10.77.0.2']).stdout;
+    expect(neigh()).toMatch(/lladdr/);
+    const c2 = sb.container();
+    expect(sb.plugin(BRIDGE, { command: 'ADD', containerId: 'n2', netns: c2.path }, netconf()).code).toBe(0);
+    // Setting the bridge's MAC again (even to the same value) would have flushed this entry.
+    expect(neigh()).toMatch(/lladdr/);
+  });
+
   it('CHECK passes, then fails once the address or the route is removed by hand', () => {
     const c = sb.container();
     const conf = netconf();

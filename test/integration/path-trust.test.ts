@@ -34,7 +34,7 @@ function masqAdd(path: string) {
   const r = sb.plugin(join(BIN, 'bridge'), { command: 'ADD', containerId: 'p1', netns: c.path, env: { PATH: `${path}:/usr/sbin:/usr/bin:/sbin:/bin` } }, conf);
   expect(r.code, r.stdout + r.stderr).toBe(0);
   // The masquerade really happened, through the real iptables.
-  expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).toMatch(/-A POSTROUTING .*name: "pathnet" id: "p1"/);
+  expect(sb.inHost(['iptables-save', '-t', 'nat']).stdout).toMatch(/-A POSTROUTING -s 10\.77\.3\.2\/32 .*pathnet.*p1.* -j CNI-/);
 }
 
 describe('tools are never taken from a directory another user controls', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ownerTag, parseOwnerTag, staleOwned, validKeys } from '../../lib/owner.js';
+import { ownerTag, parseOwnerTag, staleOwned, validKeys } from '../../lib/cni/owner.js';
 
 describe('owner records', () => {
   const o = { network: 'net-a', containerID: 'ctr1', ifname: 'eth0' };
