@@ -66,10 +66,15 @@ export class CniManager {
   /** A plugin's stdin: its object, the list's name and version, prevResult, runtimeConfig. */
   pluginConfig(list: NetworkList, plugin: PluginConf, rt: RuntimeConf, prevResult?: unknown): string {
     const conf: Record<string, unknown> = { ...plugin, cniVersion: list.cniVersion, name: list.name };
-    const runtimeConfig: Record<string, unknown> = {};
-    for (const [cap, on] of Object.entries(plugin.capabilities ?? {})) {
-      if (on && rt.capabilityArgs && cap in rt.capabilityArgs) runtimeConfig[cap] = rt.capabilityArgs[cap];
-    }
+    // Capability names come from the list and the caller: own properties
+    // only (`constructor` is in every object), and fromEntries so that even
+    // `__proto__` stays a plain key.
+    const caps = rt.capabilityArgs ?? {};
+    const runtimeConfig = Object.fromEntries(
+      Object.entries(plugin.capabilities ?? {})
+        .filter(([cap, on]) => on && Object.hasOwn(caps, cap))
+        .map(([cap]) => [cap, caps[cap]]),
+    );
     if (Object.keys(runtimeConfig).length) conf.runtimeConfig = runtimeConfig;
     if (prevResult !== undefined) conf.prevResult = prevResult;
     return JSON.stringify(conf);

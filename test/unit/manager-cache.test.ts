@@ -104,3 +104,18 @@ if (cmd === 'ADD') process.stdout.write(JSON.stringify({ cniVersion: conf.cniVer
     expect(mgr.cache.read('n', 'i2', 'eth0')).toBeUndefined();
   });
 });
+
+describe('runtimeConfig from capabilities', () => {
+  it('takes only the caller capability arguments the plugin declares, by own name (constructor, __proto__)', () => {
+    // Written as JSON text: an object literal's __proto__ would set the prototype instead of a key.
+    const list = parseNetworkList('{"cniVersion":"1.0.0","name":"caps","plugins":[{"type":"portmap","capabilities":{"portMappings":true,"constructor":true,"toString":true,"__proto__":true}}]}');
+    const mgr = new CniManager({ cacheDir: '/nonexistent' });
+    const rt = (caps: string) => ({ containerId: 'c', ifname: 'eth0', capabilityArgs: JSON.parse(caps) as Record<string, unknown> });
+    const conf = (caps: string) => JSON.parse(mgr.pluginConfig(list, list.plugins[0], rt(caps)));
+    // Nothing the caller did not pass: no inherited constructor/toString slips in.
+    expect(conf('{"portMappings":[]}').runtimeConfig).toEqual({ portMappings: [] });
+    expect(conf('{}').runtimeConfig).toBeUndefined();
+    // __proto__ is no capability: the list's schema drops it, and nothing reaches runtimeConfig.
+    expect(conf('{"__proto__":{"x":1}}').runtimeConfig).toBeUndefined();
+  });
+});
