@@ -25,7 +25,7 @@ import { FULL, sized } from '../helpers/sample.js';
 const CNITOOL = join(ROOT, 'test/tools/cnitool/cnitool');
 const COUNT = Number(process.env.CNI_TS_SCALE_COUNT) || sized(48, 200);
 /** Per list, for a machine 4× slower than this one with a CPU-bound process beside it. */
-const TIMEOUT = sized(900_000, 2_400_000);
+const TIMEOUT = sized(900_000, 3_600_000);
 const IN_FLIGHT = Number(process.env.CNI_TS_SCALE_IN_FLIGHT) || 16;
 const TUNING = existsSync(join(BIN, 'tuning'));
 
