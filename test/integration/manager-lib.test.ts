@@ -60,11 +60,14 @@ describe('service manager library', () => {
     const server = spawn(base[0], [...base.slice(1), 'serve', join(sb.dir, 'l.conflist'), '--interval', '1', '--metrics-port', '19191', '--db', join(sb.dir, 't.db'), ...opts], { stdio: 'ignore' });
     try {
       let text = '';
-      for (let i = 0; i < 50 && !text.includes('cni_instance_upload_bytes'); i++) {
-        await new Promise((r) => setTimeout(r, 100));
+      // serve answers (HELP lines only) before its first collection is done: wait for the instance's
+      // series, for up to a minute (a slow, busy machine).
+      const want = 'cni_instance_download_bytes{instance="srv-1"}';
+      for (const deadline = Date.now() + 60_000; !text.includes(want) && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 200));
         text = sh(['ip', 'netns', 'exec', sb.host, process.execPath, '-e', "fetch('http://127.0.0.1:19191/metrics').then(r=>r.text()).then(t=>process.stdout.write(t),()=>{})"]).stdout;
       }
-      expect(text).toContain('cni_instance_download_bytes{instance="srv-1"}');
+      expect(text).toContain(want);
       expect(text).toMatch(/cni_traffic_collect_seconds \d/);
     } finally {
       server.kill('SIGKILL');
