@@ -1,6 +1,6 @@
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { withFileLock } from '../../lib/exec/lock.js';
+import { ownDir, UnsafePathError, withOwnFileLock } from '../../lib/exec/safefs.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { trace } from '../../lib/cni/trace.js';
 
@@ -21,19 +21,35 @@ const LINE_BREAK = '\r\n';
 const LOCK_TIMEOUT_MS = 60_000;
 
 export class Store {
-  readonly dir: string;
+  dir: string;
 
   constructor(dataDir: string, network: string) {
     this.dir = join(dataDir, network);
   }
 
-  /** Runs fn holding the network's lock; a dead holder's lock is released by the kernel. */
+  /**
+   * Runs fn holding the network's lock; a dead holder's lock is released by
+   * the kernel. We write here as root: the directory must be root's (its
+   * ancestors root's too, or sticky like /tmp) and not writable by group or
+   * others, else another user could swap a file for a symlink under us; the
+   * lock is opened without following one.
+   */
   async locked<T>(fn: () => T | Promise<T>): Promise<T> {
-    mkdirSync(this.dir, { recursive: true, mode: 0o755 });
-    return withFileLock(join(this.dir, 'lock'), {
-      timeoutMs: LOCK_TIMEOUT_MS,
-      timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the IPAM lock', this.dir),
-    }, fn);
+    try {
+      this.dir = ownDir(this.dir, { create: true, mode: 0o755 });
+    } catch (err) {
+      if (err instanceof UnsafePathError) throw new CniError(ErrorCode.IOFailure, `host-local refuses its data directory: ${err.message}`, 'it must be our own: no symlink, not writable by group or others');
+      throw err;
+    }
+    try {
+      return await withOwnFileLock(join(this.dir, 'lock'), {
+        timeoutMs: LOCK_TIMEOUT_MS,
+        timeoutError: () => new CniError(ErrorCode.TryAgainLater, 'timed out waiting for the IPAM lock', this.dir),
+      }, () => fn());
+    } catch (err) {
+      if (err instanceof UnsafePathError) throw new CniError(ErrorCode.IOFailure, `host-local refuses its lock: ${err.message}`, 'it must be our own regular file');
+      throw err;
+    }
   }
 
   private fileOf(ip: string): string {

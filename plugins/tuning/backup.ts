@@ -1,5 +1,6 @@
-import { mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { readdirSync, unlinkSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { ownDir, readOwnFile, writeOwnFile } from '../../lib/exec/safefs.js';
 import { z } from 'zod';
 import { obj } from '../../lib/cni/schema.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
@@ -37,13 +38,15 @@ export function backupFile(dataDir: string, containerID: string, ifname: string)
 
 /** Missing → undefined; unreadable or not ours (corrupt JSON) → `null`, to be removed. */
 export function readSaved(file: string): Saved | null | undefined {
-  let text: string;
+  let text: string | undefined;
   try {
-    text = readFileSync(file, 'utf8');
+    // Never through a symlink, never another user's file, in a directory only we control.
+    ownDir(dirname(file));
+    text = readOwnFile(file);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new CniError(ErrorCode.IOFailure, `failed to read ${file}`, String(err));
+    throw new CniError(ErrorCode.IOFailure, `failed to read ${file}`, String((err as Error)?.message ?? err));
   }
+  if (text === undefined) return undefined;
   try {
     const parsed = savedSchema.safeParse(JSON.parse(text));
     return parsed.success ? parsed.data : null;
@@ -55,10 +58,10 @@ export function readSaved(file: string): Saved | null | undefined {
 /** Written whole or not at all (temp file + rename), readable by root only. */
 export function writeSaved(file: string, saved: Saved): void {
   try {
-    mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
-    const tmp = `${file}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(saved, null, 1)}\n`, { mode: 0o600 });
-    renameSync(tmp, file);
+    // As root beside other users: the directory must be ours and not writable by
+    // group or others, the temp file is created exclusively (never through a symlink).
+    ownDir(dirname(file), { create: true, mode: 0o700 });
+    writeOwnFile(file, `${JSON.stringify(saved, null, 1)}\n`, 0o600, `${file}.${process.pid}.tmp`);
   } catch (err) {
     throw new CniError(ErrorCode.IOFailure, `failed to save the original settings to ${file}`, String(err));
   }
