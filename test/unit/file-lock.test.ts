@@ -27,11 +27,14 @@ async function holder(path: string, ms: number): Promise<ReturnType<typeof spawn
 describe('withFileLock', () => {
   it('waits for another process and takes the lock as soon as it lets go', async () => {
     const path = join(dir, 'lock');
-    const child = await holder(path, 400);
+    // Measured from before the holder starts: its 400 ms sleep begins only after it
+    // holds the lock, so a taker that waited for it cannot be in sooner, however slow
+    // the machine (timing from after the probe saw the lock was flaky under load).
     const t0 = Date.now();
+    const child = await holder(path, 400);
     const got = await withFileLock(path, { timeoutMs: 10_000, timeoutError }, () => 'mine');
     expect(got).toBe('mine');
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(250); // it did wait for the holder
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400); // it did wait for the holder
     child.kill();
   });
 
