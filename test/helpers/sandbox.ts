@@ -94,6 +94,21 @@ export class Sandbox {
     return { name, path: `/var/run/netns/${name}` };
   }
 
+  /**
+   * A peer "outside" the local ranges: a namespace with 203.0.113.9 behind
+   * the host's out0 (203.0.113.1), its default route through the host.
+   */
+  outsidePeer(): { name: string; path: string } {
+    const peer = this.container();
+    must(['ip', 'netns', 'exec', this.host, 'ip', 'link', 'add', 'out0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer.name]);
+    must(['ip', 'netns', 'exec', this.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'out0']);
+    must(['ip', 'netns', 'exec', this.host, 'ip', 'link', 'set', 'out0', 'up']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'addr', 'add', '203.0.113.9/24', 'dev', 'eth0']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'link', 'set', 'eth0', 'up']);
+    must(['ip', 'netns', 'exec', peer.name, 'ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
+    return peer;
+  }
+
   removeContainer(name: string): void {
     sh(['ip', 'netns', 'del', name]);
     this.containers = this.containers.filter((c) => c !== name);

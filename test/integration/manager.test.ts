@@ -81,15 +81,8 @@ describe('cni-manager runs the Aos list', () => {
 
   it('traffic: totals grow with real traffic, survive a restart of the monitor, and a crossed limit drops traffic', async () => {
     const { throughput } = await import('../helpers/traffic.js');
-    const { must } = await import('../helpers/sandbox.js');
     // A peer outside the local ranges, through the test host.
-    const peer = sb.container();
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'out0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer.name]);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'out0']);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'out0', 'up']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'addr', 'add', '203.0.113.9/24', 'dev', 'eth0']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'link', 'set', 'eth0', 'up']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
+    const peer = sb.outsidePeer();
     const list = aosList();
     list.plugins = list.plugins.filter((p) => p.type !== 'bandwidth' && p.type !== 'aos-firewall');
     (list.plugins[0] as Record<string, unknown>).ipMasq = false;

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BIN, must, Sandbox } from '../helpers/sandbox.js';
+import { BIN, Sandbox } from '../helpers/sandbox.js';
 import { throughput } from '../helpers/traffic.js';
 
 const BRIDGE = join(BIN, 'bridge');
@@ -22,13 +22,7 @@ function counted(chain: string): number {
 describe('traffic-accounting', () => {
   it('creates the Aos chains, counts real traffic both ways, CHECK, DEL without prevResult, GC', async () => {
     // The peer is "outside": an address beyond the local ranges, routed through the test host.
-    const peer = sb.container();
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'out0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer.name]);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'out0']);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'out0', 'up']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'addr', 'add', '203.0.113.9/24', 'dev', 'eth0']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'link', 'set', 'eth0', 'up']);
-    must(['ip', 'netns', 'exec', peer.name, 'ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
+    const peer = sb.outsidePeer();
     const c = sb.container();
     const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'inst-1', netns: c.path }, {
       cniVersion: '0.4.0', name: 'tanet', type: 'bridge', bridge: 'tabr0', isGateway: true,

@@ -52,13 +52,7 @@ const manager = (args: string[]) => sh(managerArgv(args));
 
 /** A list with bridge + traffic-accounting; a peer outside the local ranges; one instance added. */
 function setup(instanceId = 'inst-1'): { list: string; c: { name: string; path: string } } {
-  const peer = sb.container();
-  must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'out0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer.name]);
-  must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '203.0.113.1/24', 'dev', 'out0']);
-  must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'out0', 'up']);
-  must(['ip', 'netns', 'exec', peer.name, 'ip', 'addr', 'add', '203.0.113.9/24', 'dev', 'eth0']);
-  must(['ip', 'netns', 'exec', peer.name, 'ip', 'link', 'set', 'eth0', 'up']);
-  must(['ip', 'netns', 'exec', peer.name, 'ip', 'route', 'add', 'default', 'via', '203.0.113.1']);
+  sb.outsidePeer();
   const list = join(sb.dir, 'list.conflist');
   writeFileSync(list, JSON.stringify({
     cniVersion: '0.4.0', name: 'tmon',
