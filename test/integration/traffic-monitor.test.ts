@@ -233,7 +233,8 @@ describe('traffic monitor', () => {
     const { list } = setup();
     const port = 9465;
     const first = serve([list, '--db', join(sb.dir, 'a.db'), '--interval', '60', '--metrics-port', String(port)]);
-    await until('first metrics', () => scrape(port), (t) => t !== undefined);
+    // serve answers (HELP lines only) before its first collection: wait for the instance's series.
+    await until('first metrics', () => scrape(port), (t) => t !== undefined && t.includes('cni_instance_upload_bytes{instance="inst-1"}'));
     const second = manager(['serve', list, '--db', join(sb.dir, 'b.db'), '--interval', '60', '--metrics-port', String(port)]);
     expect(second.code).toBe(1);
     expect(second.stderr.trim()).toBe(`cni-manager: metrics port ${port} on 127.0.0.1 is already in use`);
@@ -247,7 +248,7 @@ describe('traffic monitor', () => {
     const { list } = setup(evil);
     const port = 9466;
     serve([list, '--db', join(sb.dir, 'traffic.db'), '--interval', '60', '--metrics-port', String(port)]);
-    const text = await until('metrics', () => scrape(port), (t) => t !== undefined);
+    const text = await until('metrics', () => scrape(port), (t) => t !== undefined && t.includes('cni_instance_blocked{instance="evil'));
     const samples = parseMetrics(text!);
     for (const name of ['cni_instance_download_bytes', 'cni_instance_upload_bytes', 'cni_instance_blocked']) {
       expect(samples.filter((x) => x.name === name).map((x) => x.labels.instance).sort()).toEqual(['(system)', evil].sort());
