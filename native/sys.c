@@ -8,7 +8,9 @@
  *    the kernel drops it when a process dies, so a SIGKILLed plugin never
  *    leaves a stale lock behind; waited for in the kernel, with a timeout;
  *  - execve(2), raw: the binary re-executes itself without NODE_* variables
- *    (src/loader.ts) with none of Node's exit hooks running first.
+ *    (src/loader.ts) with none of Node's exit hooks running first;
+ *  - getsockopt(SO_PEERCRED): who is on the other end of an engine
+ *    connection (lib/engine/server.ts); Node does not say.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +21,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +53,14 @@ static napi_value js_setns(napi_env env, napi_callback_info info) {
 
 static void on_alarm(int sig) { (void)sig; }
 
+static void install_alarm_handler(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm; /* no SA_RESTART: flock returns EINTR */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGALRM, &sa, NULL);
+}
+
 static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -62,7 +73,7 @@ static double now_ms(void) {
  * after timeoutMs. The timeout is a timer that sends SIGALRM to this thread
  * alone (SIGEV_THREAD_ID) and interrupts flock() with EINTR; it repeats every
  * 50 ms so a signal that lands just before flock() is entered cannot leave it
- * blocked. The previous SIGALRM disposition is restored. */
+ * blocked. */
 static napi_value js_flock_wait(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], ret;
@@ -83,11 +94,12 @@ static napi_value js_flock_wait(napi_env env, napi_callback_info info) {
   }
   if (errno != EWOULDBLOCK) return throw_errno(env, errno);
 
-  struct sigaction sa, old_sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_alarm; /* no SA_RESTART: flock returns EINTR */
-  sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGALRM, &sa, &old_sa) != 0) return throw_errno(env, errno);
+  /* The handler is installed once and stays: the engine's worker threads
+   * wait concurrently, and restoring the old disposition (SIG_DFL:
+   * terminate) while another thread's timer is armed would kill the
+   * process. Nothing else in the process uses SIGALRM. */
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_alarm_handler);
   sigset_t alarm_set, old_mask;
   sigemptyset(&alarm_set);
   sigaddset(&alarm_set, SIGALRM);
@@ -118,7 +130,6 @@ static napi_value js_flock_wait(napi_env env, napi_callback_info info) {
     timer_delete(timer);
   }
   pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-  sigaction(SIGALRM, &old_sa, NULL);
   if (err) return throw_errno(env, err);
   napi_get_boolean(env, got, &ret);
   return ret;
@@ -209,6 +220,30 @@ static napi_value js_execve(napi_env env, napi_callback_info info) {
   return throw_errno(env, err);
 }
 
+/* peercred(fd: number): [pid, uid, gid] of the process at the other end of a
+ * connected unix socket, as the kernel recorded it at connect(2). */
+static napi_value js_peercred(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out, v;
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "peercred(fd) needs a file descriptor");
+    return NULL;
+  }
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return throw_errno(env, errno);
+  napi_create_array_with_length(env, 3, &out);
+  napi_create_int64(env, cred.pid, &v);
+  napi_set_element(env, out, 0, v);
+  napi_create_int64(env, cred.uid, &v);
+  napi_set_element(env, out, 1, v);
+  napi_create_int64(env, cred.gid, &v);
+  napi_set_element(env, out, 2, v);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "setns", NAPI_AUTO_LENGTH, js_setns, NULL, &fn);
@@ -217,6 +252,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "flockWait", fn);
   napi_create_function(env, "execve", NAPI_AUTO_LENGTH, js_execve, NULL, &fn);
   napi_set_named_property(env, exports, "execve", fn);
+  napi_create_function(env, "peercred", NAPI_AUTO_LENGTH, js_peercred, NULL, &fn);
+  napi_set_named_property(env, exports, "peercred", fn);
   return exports;
 }
 

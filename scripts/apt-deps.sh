@@ -1,8 +1,10 @@
 #!/bin/bash
 # Installs the Debian packages the build, tests and benchmark need, only
 # when one is missing (so a machine that has them never touches the network).
+# libc6-dev: the C headers, and libc.a for the static engine-mode client
+# (native/client.c); gcc only recommends it.
 set -euo pipefail
-PKGS=(gcc procps util-linux iproute2 iptables nftables iputils-ping dnsmasq-base golang-github-containernetworking-plugin-dnsname containernetworking-plugins golang-go golang-github-appc-cni-dev podman runc busybox-static containerd)
+PKGS=(gcc libc6-dev procps util-linux iproute2 iptables nftables iputils-ping dnsmasq-base golang-github-containernetworking-plugin-dnsname containernetworking-plugins golang-go golang-github-appc-cni-dev podman runc busybox-static containerd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
-// Builds the standalone multicall binary bin/cni-ts and its plugin links —
-// or, with --test, the test build of the same source into .build/test-bin/
+// Builds the standalone multicall binary bin/cni-ts, the engine-mode client
+// bin/cni-ts-client (native/client.c) and the plugin links — or, with
+// --test, the test build of the same source into .build/test-bin/
 // (test hooks armed: failpoints, the tuning allowlist path, the native
 // addon directory, the iptables backend; see lib/cni/hooks.ts). The shipped
 // binary is built with the hooks compiled out, and the build checks that
@@ -9,7 +10,7 @@
 // otherwise), and the native addons travel inside as SEA assets.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, lstatSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,6 +97,18 @@ if (!TEST) checkNoHooks(join(out, 'main.cjs'));
 // probe below fails the build if it does not).
 const wrapped = `(function (exports, require, module, __filename, __dirname) {${readFileSync(join(out, 'main.cjs'), 'utf8')}\n})`;
 writeFileSync(join(out, 'bundle.js'), wrapped);
+
+// The engine-mode client (native/client.c, docs/engine.md): a small static C
+// program every plugin name links to. It carries the build id — the first 16
+// hex digits of the sha256 of bundle.js, which the engine computes from its
+// SEA asset — and talks only to an engine of the same build. Compiled beside
+// now, renamed into place with the binary (step 4).
+const buildId = createHash('sha256').update(readFileSync(join(out, 'bundle.js'))).digest('hex').slice(0, 16);
+writeFileSync(join(out, 'build-id'), `${buildId}\n`);
+const client = join(bin, 'cni-ts-client');
+const clientNew = join(build, TEST ? `cni-ts-client-test.${process.pid}` : `cni-ts-client.${process.pid}`);
+execFileSync('gcc', ['-std=c11', '-static', '-O2', '-s', '-Wall', '-Wextra', '-Werror', `-DCNI_TS_BUILD_ID="${buildId}"`,
+  ...(TEST ? ['-DCNI_TS_TEST_BUILD'] : []), join(root, 'native/client.c'), '-o', clientNew], { stdio: 'inherit' });
 writeFileSync(join(out, 'train.cjs'), `
 const { Script } = require('node:vm');
 const { readFileSync, writeFileSync } = require('node:fs');
@@ -176,15 +189,21 @@ const probe2 = spawnSync(target, [], { env: { CNI_COMMAND: 'ADD', NODE_DEBUG: 'x
 if (probe2.status !== 1 || !probe2.stdout.includes('"code":4')) throw new Error(`${final} does not answer ADD: ${probe2.stdout}${probe2.stderr}`);
 if (probe2.stderr.includes('code cache rejected')) throw new Error(`V8 rejected the code cache built for ${final}`);
 renameSync(target, final);
+renameSync(clientNew, client);
 
-// 5. One link per plugin: the invoked name picks the plugin.
-for (const p of [...PLUGINS, 'cni-manager']) {
+// 5. One link per plugin: the invoked name picks the plugin. Plugins go
+// through the client (which executes cni-ts beside it when no engine
+// answers); cni-manager is cni-ts itself. Each link is made beside and
+// renamed over the old one: a plugin started meanwhile never finds it missing.
+for (const [p, to] of [...PLUGINS.map((p) => [p, 'cni-ts-client']), ['cni-manager', 'cni-ts']]) {
   const link = join(bin, p);
-  try {
-    lstatSync(link);
-    unlinkSync(link);
-  } catch {}
-  symlinkSync('cni-ts', link);
+  const tmp = join(bin, `.${p}.${process.pid}`);
+  rmSync(tmp, { force: true });
+  symlinkSync(to, tmp);
+  renameSync(tmp, link);
 }
 writeFileSync(join(bin, '.plugins'), PLUGINS.join('\n') + '\n');
-console.log(`built ${final} (${PLUGINS.join(', ')})`);
+// The client reaches the new binary (exec path only: the build starts no engine).
+const probe3 = spawnSync(join(bin, 'bridge'), [], { env: { CNI_COMMAND: 'VERSION', CNI_TS_ENGINE: 'off' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
+if (probe3.status !== 0 || !probe3.stdout.includes('supportedVersions')) throw new Error(`${client} does not reach ${final}: ${probe3.stdout}${probe3.stderr}`);
+console.log(`built ${final} and ${client} (build ${buildId}; ${PLUGINS.join(', ')})`);

@@ -1,5 +1,6 @@
 import { writeSync } from 'node:fs';
 import { basename } from 'node:path';
+import { isMainThread, workerData } from 'node:worker_threads';
 import { PLUGINS } from './plugins.js';
 import { readStdin } from '../lib/cni/stdin.js';
 import { sniffVersion, versionInfo } from '../lib/cni/version.js';
@@ -62,6 +63,57 @@ async function warmUp(): Promise<number> {
   return 0;
 }
 
+/** Where a plugin call's output goes: the process's own stdout and stderr, or (engine) buffers. */
+export interface CallOutput {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+const processOutput: CallOutput = {
+  stdout: (text) => writeSync(1, text),
+  stderr: (text) => process.stderr.write(text),
+};
+
+/**
+ * One plugin call as the standalone binary makes it: the invoked name, the
+ * caller's environment and stdin in; stdout, stderr and the exit status
+ * out. The engine's workers (lib/engine/worker.ts) run exactly this.
+ */
+export async function runPlugin(name: string, vars: NodeJS.ProcessEnv, stdin: Buffer, out: CallOutput = processOutput): Promise<number> {
+  const print = (obj: unknown) => out.stdout(`${JSON.stringify(obj)}\n`);
+  const load = PLUGINS[name];
+  const command = vars.CNI_COMMAND ?? '';
+  if (!load) {
+    out.stderr(`${SUITE}: invoked as "${name}"; link this binary as one of: ${Object.keys(PLUGINS).join(', ')}\n`);
+    return 1;
+  }
+  if (command === '') {
+    out.stderr(`CNI ${name} plugin (${SUITE})\nCNI protocol versions supported: ${versionInfo(undefined, name).supportedVersions.join(', ')}\n`);
+    return 0;
+  }
+  try {
+    if (command === 'VERSION') {
+      print(versionInfo(sniffVersion(stdin), name));
+      return 0;
+    }
+    const [{ invoke }, { registerInProcessPlugins }] = await Promise.all([import('../lib/cni/skel.js'), import('../lib/cni/delegate.js')]);
+    registerInProcessPlugins((type) => PLUGINS[type]?.(), process.execPath);
+    trace('contract loaded');
+    const plugin = await load();
+    trace('plugin loaded');
+    const outcome = await invoke(plugin, vars, stdin);
+    trace('done');
+    if (outcome.output) print(outcome.output);
+    return 0;
+  } catch (err) {
+    const { errorOutput } = await import('../lib/cni/version.js');
+    const { CniError } = await import('../lib/cni/errors.js');
+    if (!(err instanceof CniError)) out.stderr(`${name}: ${(err as Error)?.stack ?? err}\n`);
+    print(errorOutput(err, stdin));
+    return 1;
+  }
+}
+
 async function main(): Promise<number> {
   trace('main');
   if (warmUpAsked()) return warmUp();
@@ -72,42 +124,29 @@ async function main(): Promise<number> {
     return managerMain(userArgs[0] === 'cni-manager' ? userArgs.slice(1) : userArgs);
   }
   const name = pluginName();
-  const load = PLUGINS[name];
-  const command = process.env.CNI_COMMAND ?? '';
-  if (!load) {
-    process.stderr.write(`${SUITE}: invoked as "${name}"; link this binary as one of: ${Object.keys(PLUGINS).join(', ')}\n`);
-    return 1;
-  }
-  if (command === '') {
-    process.stderr.write(`CNI ${name} plugin (${SUITE})\nCNI protocol versions supported: ${versionInfo(undefined, name).supportedVersions.join(', ')}\n`);
-    return 0;
+  if (name === SUITE && userArgs[0] === 'engine') {
+    const { engineMain } = await import('../lib/engine/server.js');
+    return engineMain(userArgs.slice(1));
   }
   let stdin: Buffer = Buffer.alloc(0);
-  try {
-    stdin = readStdin();
-    if (command === 'VERSION') {
-      print(versionInfo(sniffVersion(stdin), name));
-      return 0;
+  if (PLUGINS[name] && (process.env.CNI_COMMAND ?? '') !== '') {
+    try {
+      stdin = readStdin();
+    } catch (err) {
+      const { errorOutput } = await import('../lib/cni/version.js');
+      print(errorOutput(err, stdin));
+      return 1;
     }
-    const [{ invoke }, { registerInProcessPlugins }] = await Promise.all([import('../lib/cni/skel.js'), import('../lib/cni/delegate.js')]);
-    registerInProcessPlugins((type) => PLUGINS[type]?.(), process.execPath);
-    trace('contract loaded');
-    const plugin = await load();
-    trace('plugin loaded');
-    const outcome = await invoke(plugin, process.env, stdin);
-    trace('done');
-    if (outcome.output) print(outcome.output);
-    return 0;
-  } catch (err) {
-    const { errorOutput } = await import('../lib/cni/version.js');
-    const { CniError } = await import('../lib/cni/errors.js');
-    if (!(err instanceof CniError)) process.stderr.write(`${name}: ${(err as Error)?.stack ?? err}\n`);
-    print(errorOutput(err, stdin));
-    return 1;
   }
+  return runPlugin(name, process.env, stdin);
 }
 
-main().then(
+const engineWorker = (): boolean => !isMainThread && (workerData as { cniTsEngineWorker?: boolean } | undefined)?.cniTsEngineWorker === true;
+
+if (engineWorker()) {
+  // A worker of the engine (lib/engine/server.ts): it serves requests until told to stop.
+  void import('../lib/engine/worker.js').then(({ workerMain }) => workerMain(runPlugin));
+} else main().then(
   (code) => process.exit(code),
   (err) => {
     process.stderr.write(`${SUITE}: ${(err as Error)?.stack ?? err}\n`);

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants, realpathSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CniError, ErrorCode } from './errors.js';
 import type { Command, CniEnv } from './env.js';
 import { parseResult, type Result } from './result.js';
@@ -15,14 +15,22 @@ import type { BaseNetConf } from './schema.js';
  */
 type Resolver = (type: string) => Promise<Plugin<BaseNetConf>> | undefined;
 let inProcess: Resolver | undefined;
-let selfPath: string | undefined;
+let selfPaths: string[] = [];
 
+/**
+ * `executable` is this binary; its sibling `cni-ts-client` (engine mode's
+ * client, docs/engine.md) stands for it too: the plugin names in CNI_PATH
+ * link to the client, which would only hand the call back to this code.
+ */
 export function registerInProcessPlugins(resolver: Resolver, executable: string): void {
   inProcess = resolver;
-  try {
-    selfPath = realpathSync(executable);
-  } catch {
-    selfPath = undefined;
+  selfPaths = [];
+  for (const file of [executable, join(dirname(executable), 'cni-ts-client')]) {
+    try {
+      selfPaths.push(realpathSync(file));
+    } catch {
+      // not there
+    }
   }
 }
 
@@ -62,7 +70,7 @@ export async function delegate(req: DelegateRequest): Promise<Result | undefined
   };
   // The delegate gets the same namespace; if the caller's own one was allowed for us, it is for it.
   if (req.env.netnsOverride) vars.CNI_NETNS_OVERRIDE = '1';
-  const loader = inProcess && selfPath && sameFile(file, selfPath) ? inProcess(req.type) : undefined;
+  const loader = inProcess && isSelf(file) ? inProcess(req.type) : undefined;
   if (loader) {
     const { invoke } = await import('./skel.js');
     const outcome = await invoke(await loader, vars, req.stdin);
@@ -71,9 +79,9 @@ export async function delegate(req: DelegateRequest): Promise<Result | undefined
   return execPlugin(file, vars, req.stdin, req.command === 'ADD');
 }
 
-function sameFile(file: string, self: string): boolean {
+function isSelf(file: string): boolean {
   try {
-    return realpathSync(file) === self;
+    return selfPaths.includes(realpathSync(file));
   } catch {
     return false;
   }

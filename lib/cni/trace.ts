@@ -48,3 +48,12 @@ export function trace(what: string): void {
 export function failpoints(): boolean {
   return TEST_HOOKS && (state ??= init()) === 1;
 }
+
+/** Engine workers: the next request reads the (its own) environment afresh and counts failpoints from zero. */
+export function resetTrace(): void {
+  state = undefined;
+  tracing = false;
+  killLabel = undefined;
+  killAt = 1;
+  hits = 0;
+}

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import { callEngine, engineDisabled, isOurClient } from '../engine/client.js';
 
 /**
  * Runs one CNI plugin the way a runtime does: found through CNI_PATH, its
@@ -63,7 +64,27 @@ interface Outcome {
   timedOut: boolean;
 }
 
-function once(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, timeoutMs: number): Promise<Outcome> {
+/**
+ * A plugin of this install runs in its engine when one answers, without a
+ * client process (lib/engine/client.ts); otherwise, and whenever the engine
+ * says nothing was done, it is executed. An engine lost mid-request fails
+ * ADD and CHECK with code 11 (the work may be half done) and executes
+ * anything else (DEL is idempotent).
+ */
+async function once(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, timeoutMs: number): Promise<Outcome> {
+  if (!engineDisabled() && isOurClient(file)) {
+    const vars = Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined));
+    const r = await callEngine(basename(file), vars, Buffer.from(stdin), timeoutMs);
+    if (r.kind === 'done') return { code: r.exit, signal: null, stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), timedOut: false };
+    if (r.kind === 'lost' && (env.CNI_COMMAND === 'ADD' || env.CNI_COMMAND === 'CHECK')) {
+      const error = { cniVersion: '1.1.0', code: 11, msg: 'try again later', details: `${r.reason} while handling ${env.CNI_COMMAND}; the work may be half done: retry, or DEL to clean up` };
+      return { code: 1, signal: null, stdout: JSON.stringify(error), stderr: '', timedOut: false };
+    }
+  }
+  return spawnOnce(file, env, stdin, timeoutMs);
+}
+
+function spawnOnce(file: string, env: NodeJS.ProcessEnv, stdin: Buffer | string, timeoutMs: number): Promise<Outcome> {
   return new Promise((resolve) => {
     let child: ReturnType<typeof spawn>;
     try {
@@ -107,6 +128,8 @@ export async function execPlugin(req: ExecRequest, opts: ExecOptions): Promise<u
   if (req.ifname !== undefined) env.CNI_IFNAME = req.ifname;
   if (req.args?.length) env.CNI_ARGS = req.args.map(([k, v]) => `${k}=${v}`).join(';');
   if (process.env.XDG_RUNTIME_DIR) env.XDG_RUNTIME_DIR = process.env.XDG_RUNTIME_DIR;
+  // Engine mode's settings (docs/engine.md) reach the plugins' client as they reach us.
+  for (const k of ['CNI_TS_ENGINE', 'CNI_TS_ENGINE_TIMEOUT', 'CNI_TS_ENGINE_IDLE']) if (process.env[k]) env[k] = process.env[k];
   const t0 = performance.now();
   let r: Outcome;
   for (let attempt = 1; ; attempt++) {

@@ -38,6 +38,18 @@ export function allowCallerNetns(allowed: boolean): void {
   callerNetnsAllowed = allowed;
 }
 
+/**
+ * Engine mode (lib/engine/worker.ts): CNI_NETNS as the caller sees it — the
+ * descriptor the client opened and passed, reopened through /proc — used
+ * wherever the path would be opened, so a path that means something else
+ * in the engine (or was swapped since) cannot matter.
+ */
+let netnsAlias: { path: string; via: string } | undefined;
+export function aliasNetns(path?: string, via?: string): void {
+  netnsAlias = path !== undefined && via !== undefined ? { path, via } : undefined;
+}
+const resolveNetns = (path: string): string => (netnsAlias !== undefined && netnsAlias.path === path ? netnsAlias.via : path);
+
 /** Same namespace = same nsfs inode on the same device. */
 const sameNs = (a: Stats, b: Stats) => a.dev === b.dev && a.ino === b.ino;
 
@@ -58,7 +70,7 @@ export function isCallerNetns(path: string): boolean {
   hostNetnsFd();
   let st: Stats;
   try {
-    st = statSync(path);
+    st = statSync(resolveNetns(path));
   } catch {
     return false;
   }
@@ -88,7 +100,7 @@ export class Netns {
     try {
       // O_NONBLOCK: a FIFO (or a pipe under /proc/*/fd) given as CNI_NETNS
       // would otherwise block the open forever; setns() below refuses it.
-      fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+      fd = openSync(resolveNetns(path), constants.O_RDONLY | constants.O_NONBLOCK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return undefined;
