@@ -223,9 +223,9 @@ static bool namespace_id(char *id, size_t size) {
  * always fits sun_path. Non-blocking: a full backlog fails at once (EAGAIN)
  * instead of hanging; all I/O below polls anyway.
  */
-static int connect_engine(int dirfd, const char *id) {
+static int connect_to(int dirfd, const char *name) {
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/engine-%s.sock", dirfd, id);
+  snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/%s", dirfd, name);
   int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) return -1;
   if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) {
@@ -233,6 +233,15 @@ static int connect_engine(int dirfd, const char *id) {
     return -1;
   }
   return s;
+}
+
+/* This namespace pair's engine, else the socket-activated one (`engine.sock`, a systemd
+ * socket unit: docs/engine.md), which tells callers it cannot serve to take the exec path. */
+static int connect_engine(int dirfd, const char *id) {
+  char name[96];
+  snprintf(name, sizeof name, "engine-%s.sock", id);
+  int s = connect_to(dirfd, name);
+  return s >= 0 ? s : connect_to(dirfd, "engine.sock");
 }
 
 /*

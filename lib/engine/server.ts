@@ -142,10 +142,16 @@ export async function engineMain(args: string[]): Promise<number> {
   const uid = process.geteuid?.() ?? 0;
   const dir = ownDir(opts.dir, { create: true });
   if ((lstatSync(dir).mode & 0o077) !== 0) throw new Error(`${dir} is accessible by group or others`);
-  const paths = enginePaths(dir);
+  // Socket activation (a systemd socket unit, docs/engine.md): the listening socket is fd 3,
+  // `engine.sock`, systemd's to keep; the engine takes no lock (systemd starts one at a time).
+  const activated = process.env.LISTEN_PID === String(process.pid) && process.env.LISTEN_FDS === '1';
+  const paths = activated ? { ...enginePaths(dir, 'activated'), socket: join(dir, 'engine.sock') } : enginePaths(dir);
   const sys = loadAddon<Sys>('sys');
-  const lockFd = openOwnFile(paths.lock, constants.O_RDWR | constants.O_CREAT);
-  if (!sys.flockWait(lockFd, true, 0)) return 0; // another engine has it
+  let lockFd: number | undefined;
+  if (!activated) {
+    lockFd = openOwnFile(paths.lock, constants.O_RDWR | constants.O_CREAT);
+    if (!sys.flockWait(lockFd, true, 0)) return 0; // another engine has it
+  }
   const build = buildId();
   const log = new Log(paths.log);
   writeOwnFile(paths.pid, `${process.pid}\n`);
@@ -161,20 +167,27 @@ export async function engineMain(args: string[]): Promise<number> {
   let socketIno: number | undefined;
 
   const server = createServer({ allowHalfOpen: true, pauseOnConnect: false });
-  const tmp = `${paths.socket}.${process.pid}`;
-  try {
-    unlinkSync(tmp);
-  } catch {
-    // none
+  if (activated) {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd: 3 }, () => resolve());
+    });
+  } else {
+    const tmp = `${paths.socket}.${process.pid}`;
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // none
+    }
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ path: tmp, backlog: 512 }, () => resolve());
+    });
+    chmodSync(tmp, 0o600);
+    renameSync(tmp, paths.socket);
+    socketIno = lstatSync(paths.socket).ino;
   }
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ path: tmp, backlog: 512 }, () => resolve());
-  });
-  chmodSync(tmp, 0o600);
-  renameSync(tmp, paths.socket);
-  socketIno = lstatSync(paths.socket).ino;
-  log.line(`engine ${process.pid} started: build ${build}, ${opts.workers} workers, idle ${opts.idle} s, socket ${paths.socket}`);
+  log.line(`engine ${process.pid} started${activated ? ' (socket activated)' : ''}: build ${build}, ${opts.workers} workers, idle ${opts.idle} s, socket ${paths.socket}`);
 
   const removeOwnFiles = () => {
     try {
@@ -204,7 +217,7 @@ export async function engineMain(args: string[]): Promise<number> {
     log.line(`engine ${process.pid} draining: ${why}`);
     server.close();
     removeOwnFiles();
-    closeSync(lockFd); // a new engine may start now
+    if (lockFd !== undefined) closeSync(lockFd); // a new engine may start now
     exitWhenDone();
   };
 

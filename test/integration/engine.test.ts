@@ -409,6 +409,49 @@ process.stdin.on('data', () => process.exit(0));
     expect(enginePid(BIN)).toBe(pid);
   }, 240_000);
 
+  it('socket activation (as a systemd socket unit starts it): serves from engine.sock, which it leaves to its owner on exit', async () => {
+    // What systemd does, without systemd: bind and listen on <dir>/engine.sock, then execute the
+    // engine with that socket as fd 3, LISTEN_FDS=1 and LISTEN_PID=<its pid>.
+    const dir = dirOf(TEST_BIN);
+    const sock = join(dir, 'engine.sock');
+    const activator = `
+import os, socket, sys
+path, exe, d = sys.argv[1:4]
+try: os.unlink(path)
+except FileNotFoundError: pass
+s = socket.socket(socket.AF_UNIX); s.bind(path); os.chmod(path, 0o600); s.listen(64)
+if s.fileno() != 3: os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.execve(exe, ['cni-ts', 'engine', '--dir', d, '--idle', '3'], {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LISTEN_FDS': '1', 'LISTEN_PID': str(os.getpid())})
+`;
+    const logFile = join(dir, 'engine-activated.log');
+    rmSync(logFile, { force: true });
+    const engine = spawn('nsenter', [`--net=/run/netns/${sb.host}`, '--', 'python3', '-c', activator, sock, join(TEST_BIN, 'cni-ts'), dir], { stdio: 'ignore', detached: true });
+    try {
+      await until('the activated engine', () => (existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''), (t) => t.includes('(socket activated)'), 30_000);
+      const c = sb.container();
+      const r = await call(TEST_BIN, 'loopback', { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'sa1', CNI_NETNS: c.path, CNI_IFNAME: 'lo' }, { cniVersion: '1.0.0', name: 'sa', type: 'loopback' });
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(loUp(c.name)).toBe(true);
+      expect(readFileSync(logFile, 'utf8')).toMatch(/ loopback ADD pid=\d+ container=sa1 if=lo [\d.]+ms exit=0/);
+      expect(enginePid(TEST_BIN), 'no engine of its own was started').toBeUndefined();
+      // Idle exit: the socket is systemd's, it stays (the next connection would start the engine again).
+      await until('the idle exit', () => alive(engine.pid!), (a) => !a, 30_000);
+      expect(existsSync(sock)).toBe(true);
+      const d = await call(TEST_BIN, 'loopback', { CNI_COMMAND: 'DEL', CNI_CONTAINERID: 'sa1', CNI_NETNS: c.path, CNI_IFNAME: 'lo' }, { cniVersion: '1.0.0', name: 'sa', type: 'loopback' });
+      expect(d.code, d.stdout + d.stderr).toBe(0);
+      expect(loUp(c.name)).toBe(false);
+    } finally {
+      try {
+        process.kill(engine.pid!, 'SIGKILL');
+      } catch {
+        // exited
+      }
+      rmSync(sock, { force: true });
+      for (const f of ['engine-activated.log', 'engine-activated.log.1', 'engine-activated.pid']) rmSync(join(dir, f), { force: true });
+    }
+  }, 240_000);
+
   it('SIGKILLed at a failpoint (test build): ADD answers code 11, the runtime\'s DEL then leaves the host as before', async () => {
     const c = sb.container();
     await warm(TEST_BIN);
