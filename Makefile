@@ -51,19 +51,29 @@ VITEST := $(NODE24) node_modules/vitest/vitest.mjs
 
 # `make test` runs seeded samples of the long suites (crash, fuzz, scale);
 # `make test-full` runs them whole (CNI_TS_FULL=1). See README, "Tests".
+# Both run the test matrix (test/helpers/mode.ts): everything with the
+# plugins executed by their client (CNI_TS_MODE=exec), then the integration
+# tests again through the resident engine (CNI_TS_MODE=engine), each run
+# with its own JSON report; both always run, and the target fails if either
+# does (scripts/test-summary.mjs prints one line per mode).
+VITEST_REPORT = --reporter=default --reporter=json --outputFile.json=
 test: build test-build $(CNITOOL) typecheck
-	$(VITEST) run --reporter=default --reporter=json --outputFile.json=.build/vitest.json; \
-	  node scripts/test-summary.mjs .build/vitest.json $$?
+	CNI_TS_MODE=exec $(VITEST) run $(VITEST_REPORT).build/vitest-exec.json; e=$$?; \
+	  CNI_TS_MODE=engine $(VITEST) run test/integration $(VITEST_REPORT).build/vitest-engine.json; g=$$?; \
+	  node scripts/test-summary.mjs exec=.build/vitest-exec.json:$$e engine=.build/vitest-engine.json:$$g
 
 test-full: build test-build $(CNITOOL) typecheck
-	CNI_TS_FULL=1 $(VITEST) run --reporter=default --reporter=json --outputFile.json=.build/vitest-full.json; \
-	  node scripts/test-summary.mjs .build/vitest-full.json $$?
+	CNI_TS_FULL=1 CNI_TS_MODE=exec $(VITEST) run $(VITEST_REPORT).build/vitest-full-exec.json; e=$$?; \
+	  CNI_TS_FULL=1 CNI_TS_MODE=engine $(VITEST) run test/integration $(VITEST_REPORT).build/vitest-full-engine.json; g=$$?; \
+	  node scripts/test-summary.mjs exec=.build/vitest-full-exec.json:$$e engine=.build/vitest-full-engine.json:$$g
 
 unit: build test-build
 	$(VITEST) run test/unit
 
 integration: build test-build $(CNITOOL)
-	$(VITEST) run test/integration
+	CNI_TS_MODE=exec $(VITEST) run test/integration; e=$$?; \
+	  CNI_TS_MODE=engine $(VITEST) run test/integration; g=$$?; \
+	  echo "integration: exec exit $$e, engine exit $$g"; test $$e -eq 0 && test $$g -eq 0
 
 bench: build $(CNITOOL)
 	node bench/bench.mjs
@@ -74,7 +84,9 @@ demo: build
 install: build
 	mkdir -p $(DESTDIR)
 	install -m 0755 $(BIN) $(DESTDIR)/cni-ts
-	for p in $(PLUGINS) cni-manager; do ln -sf cni-ts $(DESTDIR)/$$p; done
+	install -m 0755 bin/cni-ts-client $(DESTDIR)/cni-ts-client
+	for p in $(PLUGINS); do ln -sfn cni-ts-client $(DESTDIR)/$$p; done
+	ln -sfn cni-ts $(DESTDIR)/cni-manager
 
 clean:
 	rm -rf bin .build

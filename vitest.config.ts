@@ -1,8 +1,17 @@
 import { defineConfig } from 'vitest/config';
 
+// The test matrix's mode (test/helpers/mode.ts): exec (default) or engine.
+const MODE = process.env.CNI_TS_MODE || 'exec';
+
 export default defineConfig({
   test: {
+    // Shown beside every test file in the default reporter, so a failure says which mode it failed in.
+    name: MODE,
     include: ['test/**/*.test.ts'],
+    // Prints "mode: …" once at the start of the run.
+    globalSetup: ['test/helpers/mode-global.ts'],
+    // CNI_TS_ENGINE in the test process's own environment, per the mode (for code that runs plugins in-process).
+    setupFiles: ['test/helpers/mode-setup.ts'],
     // Forks, not threads: netns tests setns() the process's main thread.
     pool: 'forks',
     // Two test files at a time, also on a 2-core machine (vitest's default

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, constants, lstatSync, openSync, renameSync, statSync, unlinkSync, chmodSync, writeSync, fstatSync } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, readFileSync, renameSync, statSync, unlinkSync, chmodSync, writeSync, fstatSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,9 @@ export const DEFAULTS = {
   maxQueued: 256,
   requestTimeoutMs: 10_000,
   logBytes: 1024 * 1024,
+  /** Workers beyond the first are ended after this long without a call (memory back when idle). */
+  workerIdleMs: 30_000,
+  workerYoungMb: 4,
 } as const;
 
 interface Sys {
@@ -66,6 +69,20 @@ function sameWorld(pid: number): string | undefined {
   const b = statSync(`/proc/${pid}/root`);
   if (a.ino !== b.ino || a.dev !== b.dev) return 'the caller has another root directory';
   return undefined;
+}
+
+/**
+ * A client the engine's own plugins started (delegation to a plugin of
+ * another install: same build, other directory). Served here it would wait
+ * behind the very call that made it (same container and interface) while
+ * that call holds a worker: it is told to take the exec path instead.
+ */
+function ownChild(pid: number): boolean {
+  try {
+    return /^PPid:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] === String(process.pid);
+  } catch {
+    return false;
+  }
 }
 
 class Log {
@@ -107,6 +124,7 @@ interface Slot {
   worker: Worker;
   busy?: Pending;
   served: number;
+  idleSince: number;
 }
 
 function parseArgs(args: string[]): { dir: string; idle: number; workers: number } {
@@ -225,6 +243,13 @@ export async function engineMain(args: string[]): Promise<number> {
   process.on('SIGINT', () => drain('SIGINT'));
   setInterval(() => {
     if (!draining && connections === 0 && inFlight === 0 && Date.now() - lastActivity > opts.idle * 1000) drain(`idle for ${opts.idle} s`);
+    // Idle workers beyond one give their memory back.
+    for (const slot of [...slots]) {
+      if (slots.length <= 1) break;
+      if (slot.busy || Date.now() - slot.idleSince < DEFAULTS.workerIdleMs) continue;
+      slots.splice(slots.indexOf(slot), 1);
+      void slot.worker.terminate();
+    }
   }, 1000).unref();
 
   const reply = (socket: Socket, r: Response) => {
@@ -233,8 +258,12 @@ export async function engineMain(args: string[]): Promise<number> {
   };
 
   const spawnWorker = (): Slot => {
-    const worker = new Worker(WORKER_BOOT, { eval: true, workerData: { cniTsEngineWorker: true }, stdout: true, stderr: true });
-    const slot: Slot = { worker, served: 0 };
+    // A small young generation: a call allocates little, and each worker's semi-spaces are resident memory.
+    const worker = new Worker(WORKER_BOOT, {
+      eval: true, workerData: { cniTsEngineWorker: true }, stdout: true, stderr: true,
+      resourceLimits: { maxYoungGenerationSizeMb: DEFAULTS.workerYoungMb },
+    });
+    const slot: Slot = { worker, served: 0, idleSince: Date.now() };
     worker.on('message', (done: JobDone) => finish(slot, done));
     worker.on('error', (err) => log.line(`worker error: ${err?.stack ?? err}`));
     worker.on('exit', () => {
@@ -273,6 +302,7 @@ export async function engineMain(args: string[]): Promise<number> {
     const p = slot.busy;
     slot.busy = undefined;
     slot.served++;
+    slot.idleSince = Date.now();
     if (!p || p.job.id !== done.id) return;
     const stdout = Buffer.from(done.stdout);
     let code = '-';
@@ -307,7 +337,7 @@ export async function engineMain(args: string[]): Promise<number> {
   };
 
   const accept = (socket: Socket, req: Request, peer: number) => {
-    const why = draining ? 'the engine is draining' : req.build !== build ? `the engine is build ${build}, the client ${req.build}` : inFlight >= DEFAULTS.maxQueued ? 'the engine is at capacity' : sameWorld(peer);
+    const why = draining ? 'the engine is draining' : req.build !== build ? `the engine is build ${build}, the client ${req.build}` : inFlight >= DEFAULTS.maxQueued ? 'the engine is at capacity' : ownChild(peer) ? 'a call made by a plugin running in this engine' : sameWorld(peer);
     if (why) {
       reply(socket, { status: 'exec', reason: why });
       if (req.build !== build && !draining) drain(`a client of build ${req.build}`);

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { BIN, must, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv } from '../helpers/mode.js';
 import { BASE_NET, BRIDGE, CANARY, GATEWAY, GATEWAY6, PH, SUBNET, SUBNET6, baseCase, materialise, Rng, type FuzzCase } from './generate.js';
 
 /**
@@ -110,17 +111,17 @@ export class FuzzWorld {
   /** Runs one case (a template) in a slot: the real binary, inside the host namespace, killed at the deadline. */
   run(plugin: string, c: Pick<FuzzCase, 'env' | 'stdin'>, slot: Slot, timeoutMs = 10_000): Promise<RunOutcome> {
     const { env: cniEnv, stdin } = materialise(c, this.vars(slot));
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, XDG_RUNTIME_DIR: join(this.sb.dir, 'xdg') };
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, ...modeEnv(), XDG_RUNTIME_DIR: join(this.sb.dir, 'xdg') };
     for (const [k, v] of Object.entries(cniEnv)) if (v !== null) env[k] = v;
-    return this.spawnIn(['ip', 'netns', 'exec', this.sb.host, join(BIN, plugin)], env, stdin, timeoutMs);
+    return this.spawnIn(this.sb.pluginArgv(join(BIN, plugin)), env, stdin, timeoutMs);
   }
 
   /** Runs `cni-manager <argv>` (a template) in the host namespace, with the slot's placeholders. */
   runManager(argv: string[], slot: Slot, timeoutMs = 10_000): Promise<RunOutcome> {
     const vars = this.vars(slot);
     const real = argv.map((a) => Object.entries(vars).reduce((s, [ph, v]) => s.split(ph).join(v), a));
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, XDG_RUNTIME_DIR: join(this.sb.dir, 'xdg') };
-    return this.spawnIn(['ip', 'netns', 'exec', this.sb.host, join(BIN, 'cni-manager'), ...real], env, Buffer.alloc(0), timeoutMs);
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, ...modeEnv(), XDG_RUNTIME_DIR: join(this.sb.dir, 'xdg') };
+    return this.spawnIn(this.sb.pluginArgv(join(BIN, 'cni-manager'), ...real), env, Buffer.alloc(0), timeoutMs);
   }
 
   /** The network lists the manager cases read. */

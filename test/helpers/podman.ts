@@ -5,7 +5,8 @@ import {
   realpathSync, rmSync, rmdirSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { modeEnv, stopEngines } from './mode.js';
+import { basename, dirname, join } from 'node:path';
 
 /**
  * Real podman (Debian's 4.3, CNI backend, runc) against a plugin directory, on
@@ -83,10 +84,15 @@ export function pluginDir(target: string, source: string, names: string[], copy 
       for (;;) {
         copyFileSync(real, dest);
         chmodSync(dest, 0o755);
+        // The engine-mode client (native/client.c) executes the cni-ts beside it: that comes along.
+        if (basename(real) === 'cni-ts-client') {
+          copyFileSync(join(dirname(real), 'cni-ts'), join(target, '.bin', 'cni-ts'));
+          chmodSync(join(target, '.bin', 'cni-ts'), 0o755);
+        }
         const probe = join(target, '.bin', name);
         const link = probe !== dest;
         if (link) symlinkSync(basename(real), probe);
-        const v = spawnSync(probe, [], { env: { PATH: process.env.PATH, CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
+        const v = spawnSync(probe, [], { env: { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
         if (link) rmSync(probe, { force: true });
         if (v.status === 0 && v.stdout.includes('supportedVersions')) break;
         if (Date.now() > deadline) throw new Error(`${real} (as ${name}) does not answer VERSION: ${v.stderr}${v.error ?? ''}`);
@@ -377,6 +383,8 @@ export class Podman {
       HOME: join(this.dir, 'home'),
       CONTAINERS_CONF: join(this.dir, 'containers.conf'),
       CONTAINERS_STORAGE_CONF: join(this.dir, 'storage.conf'),
+      // The test matrix's mode (test/helpers/mode.ts): podman hands its environment to the plugins (libcni).
+      ...modeEnv(),
     };
     this.env = env;
   }
@@ -429,6 +437,9 @@ export class Podman {
   cleanup(): void {
     this.podman(['rm', '--all', '--force', '--time', '0'], 60_000);
     for (const n of this.networks) this.podman(['network', 'rm', '--force', n.name]);
+    // Engine mode: the engine podman's plugins started (from the copies in this dir) in the machine's
+    // namespace; stopped before killStrays would SIGKILL it (its command line names this dir).
+    stopEngines(undefined, { dirs: [this.dir], anyMount: true });
     this.killStrays();
     for (const n of this.networks) {
       if (existsSync(`/sys/class/net/${n.bridge}`)) run(['ip', 'link', 'del', n.bridge]);

@@ -2,12 +2,15 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { inNetns, MODE, modeEnv, startEngine, stopEngines } from './mode.js';
 
 /**
  * A throwaway "host" network namespace with container namespaces beside it,
  * and a temp dir for the plugins' state. Plugins run inside the host
- * namespace (`ip netns exec`), so the machine's own links and iptables are
- * never touched. `cleanup` removes everything, also after a failure.
+ * namespace (`inNetns`: `ip netns exec`, or nsenter in engine mode), so the
+ * machine's own links and iptables are never touched. `cleanup` removes
+ * everything, also after a failure: first the namespace's engines
+ * (test/helpers/mode.ts).
  */
 export const ROOT = resolve(__dirname, '../..');
 /** The shipped binary and its plugin links (scripts/build.mjs). */
@@ -39,7 +42,10 @@ function sweepOrphans(): void {
     try {
       process.kill(Number(m[2]), 0);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ESRCH') sh(['ip', 'netns', 'del', m[1]]);
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+      // Its engines too (engine mode), also ones running a copy in its temp dir.
+      stopEngines(m[1], { anyMount: true, dirs: [tmpdir()] });
+      sh(['ip', 'netns', 'del', m[1]]);
     }
   }
 }
@@ -78,12 +84,21 @@ export class Sandbox {
   readonly dir: string;
   private containers: string[] = [];
 
-  constructor(tag: string) {
+  /**
+   * `opts.engine` (engine mode): the plugin directory whose engine is started
+   * for the host namespace right away (default bin/; false: none, the first
+   * call starts one).
+   */
+  constructor(tag: string, opts: { engine?: string | false } = {}) {
     sweepOrphans();
     this.host = unique(tag);
     this.dir = mkdtempSync(join(tmpdir(), `${this.host}-`));
     must(['ip', 'netns', 'add', this.host]);
     must(['ip', 'netns', 'exec', this.host, 'ip', 'link', 'set', 'lo', 'up']);
+    // Engine mode: the shipped build's engine is up before the test's first call, so that every call
+    // reaches it (the client would take the exec path for the first one while starting it).
+    const engine = opts.engine ?? BIN;
+    if (MODE === 'engine' && engine && !startEngine(this.host, engine)) process.stderr.write(`sandbox ${this.host}: the engine did not start; calls take the exec path until it does\n`);
   }
 
   /** A new container namespace; returns its path for CNI_NETNS. */
@@ -114,7 +129,7 @@ export class Sandbox {
     this.containers = this.containers.filter((c) => c !== name);
   }
 
-  /** Runs argv inside the host namespace. */
+  /** Runs argv inside the host namespace (tools: ip, iptables …; plugins go through plugin()/pluginArgv()). */
   inHost(argv: string[]): { code: number; stdout: string; stderr: string } {
     return sh(['ip', 'netns', 'exec', this.host, ...argv]);
   }
@@ -123,12 +138,17 @@ export class Sandbox {
     return sh(['ip', 'netns', 'exec', ns, ...argv]);
   }
 
+  /** The argv that runs `binary` (a plugin, cnitool, cni-manager) inside the host namespace, per the test mode. */
+  pluginArgv(binary: string, ...args: string[]): string[] {
+    return [...inNetns(this.host), binary, ...args];
+  }
+
   private argv(binary: string): string[] {
-    return ['ip', 'netns', 'exec', this.host, binary];
+    return this.pluginArgv(binary);
   }
 
   private env(call: CniCall): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, CNI_COMMAND: call.command, CNI_PATH: call.path ?? BIN, ...call.env };
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: call.command, CNI_PATH: call.path ?? BIN, ...call.env };
     if (call.containerId !== undefined) env.CNI_CONTAINERID = call.containerId;
     if (call.netns !== undefined) env.CNI_NETNS = call.netns;
     env.CNI_IFNAME = call.ifname ?? 'eth0';
@@ -183,6 +203,9 @@ export class Sandbox {
   }
 
   cleanup(): void {
+    // The host namespace's engines first (any mount namespace: the namespace is this sandbox's alone),
+    // while the namespace and the sandbox's copies of the binary still exist.
+    stopEngines(this.host, { anyMount: true, dirs: [this.dir] });
     for (const pid of this.strays()) {
       try {
         process.kill(pid, 'SIGKILL');

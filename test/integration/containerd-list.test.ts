@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv } from '../helpers/mode.js';
 import { Traffic } from '../helpers/traffic.js';
 
 // containerd's CRI plugin runs two lists for every pod through libcni: its
@@ -22,9 +23,10 @@ afterEach(() => {
 });
 
 function cnitool(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync('ip', ['netns', 'exec', sb.host, CNITOOL, ...args], {
+  const argv = sb.pluginArgv(CNITOOL, ...args);
+  const r = spawnSync(argv[0], argv.slice(1), {
     encoding: 'utf8',
-    env: { PATH: process.env.PATH, NETCONFPATH: join(sb.dir, 'net.d'), CNI_PATH: BIN, CNI_CACHEDIR: join(sb.dir, 'cache'), CNI_CONTAINERID: 'pod-1', ...env },
+    env: { PATH: process.env.PATH, ...modeEnv(), NETCONFPATH: join(sb.dir, 'net.d'), CNI_PATH: BIN, CNI_CACHEDIR: join(sb.dir, 'cache'), CNI_CONTAINERID: 'pod-1', ...env },
   });
   return { code: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
 }

@@ -8,6 +8,7 @@ import {
   pluginDir, run, treeHash,
 } from '../helpers/podman.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
+import { modeEnv, stopEngines } from '../helpers/mode.js';
 
 // containerd's own CLI: `ctr run --cni --rootfs <busybox> …` against a
 // containerd this test starts with its root, state and sockets in a temp dir.
@@ -128,7 +129,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       '',
     ].join('\n'));
     const log = openSync(join(tmp, 'containerd.log'), 'a');
-    containerd = spawn('containerd', ['--config', join(tmp, 'config.toml')], { stdio: ['ignore', log, log] });
+    containerd = spawn('containerd', ['--config', join(tmp, 'config.toml')], { stdio: ['ignore', log, log], env: { ...process.env, ...modeEnv() } });
     closeSync(log);
     const deadline = Date.now() + 20_000;
     while (run(ctrArgs('version'), { timeoutMs: 5000 }).code !== 0) {
@@ -155,6 +156,9 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       await new Promise((r) => setTimeout(r, 500));
       if (containerd.exitCode === null) containerd.kill('SIGKILL');
     }
+    // Engine mode: the engines the copies in tmp/plugins started — ctr's, in its private mount
+    // namespace, and pluginDir's probe's — stopped before the sweep below would SIGKILL them.
+    stopEngines(undefined, { dirs: [tmp], anyMount: true });
     // Shims and anything else started with this temp dir on its command line.
     for (const p of readdirSync('/proc')) {
       if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
@@ -188,7 +192,8 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     const argv = ['unshare', '--mount', '--propagation', 'private', '/bin/sh', join(tmp, 'nswrap.sh'), join(tmp, 'net.d'), join(tmp, 'plugins'),
       ...ctrArgs('run', '--rm', '--cni', '--runc-root', join(tmp, 'runc'), '--fifo-dir', join(tmp, 'fifo'), '--cgroup', '', '--rootfs', join(tmp, 'rootfs'),
         id, '/bin/sh', '/check.sh', net.gw4)];
-    ctr = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    // ctr runs libcni itself and hands the plugins its environment.
+    ctr = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...modeEnv() } });
     let err = '';
     ctr.stdout?.on('data', (b) => (out += b));
     ctr.stderr?.on('data', (b) => (err += b));

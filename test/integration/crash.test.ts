@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, describe, it } from 'vitest';
 import { Sandbox, TEST_BIN } from '../helpers/sandbox.js';
+import { inNetns, MODE, modeEnv } from '../helpers/mode.js';
 import { mulberry32 } from '../fuzz/generate.js';
 import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
 
@@ -57,6 +58,16 @@ import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
  * `make test` runs a seeded sample of each mode's kill points (the same on
  * every run; CNI_TS_SAMPLE_SEED picks another), `make test-full`
  * (CNI_TS_FULL=1) all of them.
+ *
+ * Engine mode (CNI_TS_MODE=engine, test/helpers/mode.ts): a failpoint hit
+ * inside the engine kills the engine (the whole process, as it would the
+ * plugin's). The client then answers ADD with code 11 ("try again later":
+ * the work may be half done) and runs a DEL again itself (exec path), which
+ * dies at the same failpoint or finds the work done; with no engine up yet
+ * the client takes the exec path at once and the plugin dies as in exec
+ * mode. A timed kill kills the client, and the engine completes the call
+ * (the DEL that follows waits for it: same container and interface).
+ * Either way the recovery must leave the host as before.
  *
  * Everywhere: the content of host-local's round-robin cursor
  * (`last_reserved_ip.N`) is ignored (it moves on with every allocation,
@@ -173,6 +184,23 @@ function exec(argv: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; k
 const describeRun = (r: Run) => `exit ${r.code ?? '-'} signal ${r.signal ?? '-'}\n${r.stdout}${r.stderr}`;
 
 /**
+ * Whether a run with CNI_TS_KILL_AT died at its failpoint: SIGKILLed (the
+ * plugin's own process), or in engine mode the engine died there (see the
+ * top): ADD answered with code 11 by the client; DEL re-run by the client,
+ * which died there too or completed it.
+ */
+function diedAtFailpoint(r: Run, command: 'ADD' | 'DEL'): boolean {
+  if (r.signal === 'SIGKILL') return true;
+  if (MODE !== 'engine') return false;
+  if (command === 'DEL') return r.code === 0;
+  try {
+    return r.code === 1 && JSON.parse(r.stdout).code === 11;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * A kill point: plugin `index` of the list dies at failpoint `label` (its
  * `nth` pass), or at `fraction` of its shortest ADD seen so far after it
  * was started (`delayMs`, set when it runs).
@@ -219,7 +247,7 @@ class Runtime {
 
   private env(command: string, c: Container, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     return {
-      PATH: process.env.PATH, CNI_COMMAND: command, CNI_CONTAINERID: c.id, CNI_NETNS: c.path, CNI_IFNAME: 'eth0',
+      PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: command, CNI_CONTAINERID: c.id, CNI_NETNS: c.path, CNI_IFNAME: 'eth0',
       CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAME=${c.pod}`, CNI_PATH: BIN, XDG_RUNTIME_DIR: join(this.sb.dir, XDG), ...extra,
     };
   }
@@ -235,7 +263,7 @@ class Runtime {
   }
 
   private async plugin(type: string, e: NodeJS.ProcessEnv, conf: Json, killAfterMs?: number): Promise<Run> {
-    const r = await exec(['ip', 'netns', 'exec', this.sb.host, join(BIN, type)], { input: JSON.stringify(conf), env: e, killAfterMs });
+    const r = await exec([...inNetns(this.sb.host), join(BIN, type)], { input: JSON.stringify(conf), env: e, killAfterMs });
     if (e.CNI_COMMAND === 'ADD' && r.code === 0) this.fastest.set(type, Math.min(r.ms, this.fastest.get(type) ?? Infinity));
     return r;
   }
@@ -274,6 +302,18 @@ class Runtime {
         ? await this.plugin(p.type, this.env('ADD', c, { CNI_TS_KILL_AT: `${k.label}#${k.nth}` }), conf)
         : await this.plugin(p.type, this.env('ADD', c), conf, k.delayMs);
     return { prev, killed };
+  }
+
+  /**
+   * Engine mode: returns once the engine has finished what it still runs for
+   * this attachment — a call whose client was killed is completed all the
+   * same — so that what follows (GC alone, which is not queued per
+   * attachment) does not race it. A CHECK of loopback (it changes nothing)
+   * for the same container and interface waits in the engine's queue behind it.
+   */
+  async settle(c: Container): Promise<void> {
+    if (MODE !== 'engine') return;
+    await this.plugin('loopback', this.env('CHECK', c), { cniVersion: '1.0.0', name: 'settle', type: 'loopback' });
   }
 
   /** A DEL of the list (reverse order) with `trace`: each plugin's failpoints, indexed in list order. */
@@ -322,7 +362,7 @@ class Runtime {
     for (const p of list.plugins) {
       if (NO_GC.has(p.type)) continue;
       const conf = { ...this.conf(list, p, {}, undefined, '1.1.0'), 'cni.dev/valid-attachments': valid.map((v) => ({ containerID: v.id, ifname: 'eth0' })) };
-      const e: NodeJS.ProcessEnv = { PATH: process.env.PATH, CNI_COMMAND: 'GC', CNI_PATH: BIN, XDG_RUNTIME_DIR: join(this.sb.dir, XDG) };
+      const e: NodeJS.ProcessEnv = { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: 'GC', CNI_PATH: BIN, XDG_RUNTIME_DIR: join(this.sb.dir, XDG) };
       const r = await this.plugin(p.type, e, conf);
       if (r.code !== 0) errors.push(`GC ${p.type}: ${describeRun(r)}`);
     }
@@ -495,10 +535,12 @@ async function runCases(rt: Runtime, points: KillPoint[], opts: { neighbours: Co
     };
     try {
       const add = await rt.addKilled(c, k);
+      if (k.label === undefined && add.killed.signal === 'SIGKILL') await rt.settle(c);
       lap('add');
       if (add.killed.signal !== 'SIGKILL') {
-        if (k.label !== undefined) problems.push(`expected the plugin to die by SIGKILL at ${k.label}#${k.nth}, got ${describeRun(add.killed)}`);
-        else if (add.killed.code === 0) killed = false; // done before the timer: the recovery is tested all the same
+        if (k.label !== undefined) {
+          if (!diedAtFailpoint(add.killed, 'ADD')) problems.push(`expected the plugin to die by SIGKILL at ${k.label}#${k.nth}, got ${describeRun(add.killed)}`);
+        } else if (add.killed.code === 0) killed = false; // done before the timer: the recovery is tested all the same
         else problems.push(`ADD failed without being killed: ${describeRun(add.killed)}`);
       }
       if (!opts.gcOnly) problems.push(...(await rt.del(c, add.prev)));
@@ -545,7 +587,7 @@ async function runDelCases(rt: Runtime, points: KillPoint[], mode: string): Prom
     try {
       const { result } = await rt.add(c);
       const killed = await rt.delKilled(c, result, k);
-      if (killed.signal !== 'SIGKILL') problems.push(`expected DEL to die by SIGKILL at ${k.label}#${k.nth}, got ${describeRun(killed)}`);
+      if (!diedAtFailpoint(killed, 'DEL')) problems.push(`expected DEL to die by SIGKILL at ${k.label}#${k.nth}, got ${describeRun(killed)}`);
       problems.push(...(await rt.del(c, result)).map((e) => `the retried DEL: ${e}`));
       await rt.removeContainer(c);
       problems.push(...(await rt.gc([])));
@@ -588,7 +630,7 @@ afterAll(() => {
 });
 
 function sandbox(tag: string): Sandbox {
-  const sb = new Sandbox(tag);
+  const sb = new Sandbox(tag, { engine: BIN }); // engine mode: the test build's engine, the one these calls use
   sandboxes.push(sb);
   return sb;
 }

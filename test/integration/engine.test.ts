@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, s
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MODE } from '../helpers/mode.js';
 import { BIN, ROOT, Sandbox, TEST_BIN, must } from '../helpers/sandbox.js';
 
 /**
@@ -21,7 +22,7 @@ const removeEngineFiles = () => {
   for (const bin of [BIN, TEST_BIN]) for (const ext of ['log', 'log.1', 'lock']) rmSync(engineFile(bin, ext), { force: true });
 };
 beforeEach(() => {
-  sb = new Sandbox('eng');
+  sb = new Sandbox('eng', { engine: false }); // these tests start (and kill) their engines themselves
   removeEngineFiles();
 });
 afterEach(async () => {
@@ -177,7 +178,8 @@ const loopbackAdd = (bin: string, netns: string, build = buildOf(bin)) => Buffer
 ]);
 const loUp = (ns: string) => must(['ip', 'netns', 'exec', ns, 'ip', '-j', 'link', 'show', 'lo']).includes('"UP"') || must(['ip', 'netns', 'exec', ns, 'ip', 'link', 'show', 'lo']).includes(',UP');
 
-describe('engine mode', () => {
+// Engine-specific: run once, in the engine-mode pass of `make test`.
+describe.runIf(MODE === 'engine')('engine mode', () => {
   it('the first call runs in its own process and starts the engine; later calls are served by it, byte for byte as in exec mode', async () => {
     expect(enginePid(BIN)).toBeUndefined();
     const c = sb.container();

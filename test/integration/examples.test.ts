@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv, stopEngines } from '../helpers/mode.js';
 
 // Every example in conf.d/, run as a runtime runs a list: each plugin gets its
 // own object plus cniVersion, name and the previous result; DEL in reverse.
@@ -74,10 +75,13 @@ describe('make install', () => {
       expect(r.status, r.stderr).toBe(0);
       for (const p of ['bridge', 'host-local']) {
         expect(existsSync(join(dest, p))).toBe(true);
-        const v = spawnSync(join(dest, p), [], { input: '{"cniVersion":"1.0.0"}', env: { CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
+        // In the sandbox's namespace: in engine mode the installed client starts an engine from DESTDIR.
+        const argv = sb.pluginArgv(join(dest, p));
+        const v = spawnSync(argv[0], argv.slice(1), { input: '{"cniVersion":"1.0.0"}', env: { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
         expect(JSON.parse(v.stdout).supportedVersions).toContain('1.1.0');
       }
     } finally {
+      stopEngines(sb.host, { anyMount: true, dirs: [dest] }); // before its binary goes
       rmSync(dest, { recursive: true, force: true });
     }
   });

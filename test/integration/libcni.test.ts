@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv } from '../helpers/mode.js';
 import { spawnSync } from 'node:child_process';
 
 // End to end through libcni (Debian's golang-github-appc-cni-dev) with our
@@ -15,9 +16,10 @@ beforeEach(() => {
 afterEach(() => sb.cleanup());
 
 function cnitool(args: string[], env: Record<string, string>) {
-  const r = spawnSync('ip', ['netns', 'exec', sb.host, CNITOOL, ...args], {
+  const argv = sb.pluginArgv(CNITOOL, ...args);
+  const r = spawnSync(argv[0], argv.slice(1), {
     encoding: 'utf8',
-    env: { PATH: process.env.PATH, NETCONFPATH: join(sb.dir, 'net.d'), CNI_PATH: BIN, CNI_CACHEDIR: join(sb.dir, 'cache'), ...env },
+    env: { PATH: process.env.PATH, ...modeEnv(), NETCONFPATH: join(sb.dir, 'net.d'), CNI_PATH: BIN, CNI_CACHEDIR: join(sb.dir, 'cache'), ...env },
   });
   return { code: r.status ?? 1, stdout: r.stdout, stderr: r.stderr };
 }

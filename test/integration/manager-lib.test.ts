@@ -2,6 +2,7 @@ import { chmodSync, copyFileSync, closeSync, openSync, writeFileSync, existsSync
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, Sandbox, sh } from '../helpers/sandbox.js';
+import { modeEnvArgs } from '../helpers/mode.js';
 import { execPlugin, PluginError } from '../../lib/manager/exec.js';
 import { CniManager } from '../../lib/manager/network.js';
 
@@ -31,6 +32,20 @@ describe('service manager library', () => {
   });
 
   it('validateNetworkList checks binaries and versions; reconcile DELs attachments whose namespace is gone', async () => {
+    // This library runs in the test process, in the machine's own network namespace, where an engine
+    // would be shared with podman's and containerd's tests (which take hostNetLock; this one does not):
+    // plugins run by exec here in both modes (lib/manager/exec.ts passes CNI_TS_ENGINE on from process.env).
+    const saved = process.env.CNI_TS_ENGINE;
+    process.env.CNI_TS_ENGINE = 'off';
+    try {
+      await validateAndReconcile();
+    } finally {
+      if (saved === undefined) delete process.env.CNI_TS_ENGINE;
+      else process.env.CNI_TS_ENGINE = saved;
+    }
+  });
+
+  async function validateAndReconcile(): Promise<void> {
     const mgr = new CniManager({ cniPath: [BIN, '/usr/lib/cni'], cacheDir: join(sb.dir, 'cache') });
     await expect(mgr.validateNetworkList({ cniVersion: '1.1.0', name: 'n', plugins: [{ type: 'bridge' }, { type: 'firewall' }] })).resolves.toBeUndefined();
     await expect(mgr.validateNetworkList({ cniVersion: '1.1.0', name: 'n', plugins: [{ type: 'missing-plugin' }] })).rejects.toMatchObject({ code: 114 });
@@ -47,13 +62,13 @@ describe('service manager library', () => {
     const gone = await mgr.reconcile(list as never, (id) => join(sb.dir, 'netns', id));
     expect(gone.map((e) => e.containerId)).toEqual(['gone']);
     expect(mgr.cache.list('recon').map((e) => e.containerId)).toEqual(['alive']);
-  });
+  }
 
   it('cni-manager serve exposes Prometheus metrics on loopback', async () => {
     const list = { cniVersion: '1.0.0', name: 'srv', plugins: [{ type: 'bridge', bridge: 'srvbr', isGateway: true, ipam: { type: 'host-local', subnet: '10.86.0.0/24', dataDir: join(sb.dir, 'ipam') } }, { type: 'traffic-accounting', instanceId: 'srv-1' }] };
     writeFileSync(join(sb.dir, 'l.conflist'), JSON.stringify(list));
     const c = sb.container();
-    const base = ['ip', 'netns', 'exec', sb.host, join(BIN, 'cni-manager')];
+    const base = sb.pluginArgv('env', ...modeEnvArgs(), join(BIN, 'cni-manager'));
     const opts = ['--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')];
     expect(sh([...base, 'add', join(sb.dir, 'l.conflist'), 'srv-1', '--netns', c.path, ...opts]).code).toBe(0);
     const { spawn } = await import('node:child_process');

@@ -2,6 +2,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, Sandbox, sh } from '../helpers/sandbox.js';
+import { modeEnvArgs } from '../helpers/mode.js';
 import { resolve } from '../helpers/traffic.js';
 
 // The full Aos network list, run by cni-manager (the service manager library)
@@ -29,7 +30,7 @@ function aosList(extra: Record<string, unknown>[] = []) {
 }
 
 function manager(args: string[]) {
-  return sh(['ip', 'netns', 'exec', sb.host, 'env', `XDG_RUNTIME_DIR=${join(sb.dir, 'xdg')}`, join(BIN, 'cni-manager'), ...args, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')]);
+  return sh(sb.pluginArgv('env', ...modeEnvArgs(), `XDG_RUNTIME_DIR=${join(sb.dir, 'xdg')}`, join(BIN, 'cni-manager'), ...args, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')));
 }
 
 function leftovers() {

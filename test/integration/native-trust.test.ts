@@ -3,6 +3,7 @@ import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, readFileSync
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, Sandbox, must } from '../helpers/sandbox.js';
+import { modeEnv } from '../helpers/mode.js';
 
 /**
  * §2 of issue 13: the native addons are code that runs inside the plugin, as
@@ -66,8 +67,9 @@ function runWithMounts(mounts: string[][], env: Record<string, string>): { code:
     process.stdout.write(JSON.stringify({ code: r.status, stdout: r.stdout, stderr: r.stderr }));
   `;
   const input = JSON.stringify({ cniVersion: '1.0.0', name: 'nat', type: 'loopback' });
-  const cniEnv = { PATH: process.env.PATH ?? '', CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'nat1', CNI_NETNS: c.path, CNI_IFNAME: 'eth0', CNI_PATH: BIN, ...env };
-  const arg = JSON.stringify([mounts, ['ip', 'netns', 'exec', sb.host, LOOPBACK], cniEnv, input]);
+  const cniEnv = { PATH: process.env.PATH ?? '', ...modeEnv(), CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'nat1', CNI_NETNS: c.path, CNI_IFNAME: 'eth0', CNI_PATH: BIN, ...env };
+  // In engine mode through nsenter: the private mount namespace (with its /run/cni-ts) stays the plugin's.
+  const arg = JSON.stringify([mounts, sb.pluginArgv(LOOPBACK), cniEnv, input]);
   const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', process.execPath, '-e', script, arg], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`unshare failed (${r.status}): ${r.stderr}`);
   return JSON.parse(r.stdout);

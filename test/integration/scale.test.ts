@@ -3,6 +3,7 @@ import { appendFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSyn
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv, startEngine, stopEngines } from '../helpers/mode.js';
 import { resolve, Traffic } from '../helpers/traffic.js';
 import { FULL, sized } from '../helpers/sample.js';
 
@@ -101,8 +102,9 @@ interface Scenario {
 }
 
 function cnitool(c: Container, command: string, net: string): Promise<Timed> {
-  return run(['ip', 'netns', 'exec', sb.host, CNITOOL, command, net, c.ns.path], {
+  return run(sb.pluginArgv(CNITOOL, command, net, c.ns.path), {
     PATH: process.env.PATH,
+    ...modeEnv(),
     NETCONFPATH: c.confDir,
     CNI_PATH: join(sb.dir, 'bin'),
     CNI_CACHEDIR: join(sb.dir, 'cache'),
@@ -184,11 +186,21 @@ const clean = { veths: '', ifbs: '', qdiscs: [], chains: [], naming: [], port53:
 /** Copies bin/ into the temp dir, again while a concurrent build has it half written. */
 async function privateBin(): Promise<void> {
   const dir = join(sb.dir, 'bin');
+  // Engine mode: the engine must be the copy's. One of bin/ (the sandbox starts it) would take the
+  // copy's calls too (same build), and a plugin it runs that delegates through CNI_PATH (bridge →
+  // host-local) would execute the copy's client, whose call then waits in that engine's queue behind
+  // the very call that made it (same container and interface) until the client's timeout.
+  stopEngines(sb.host);
   for (let tries = 0; ; tries++) {
     rmSync(dir, { recursive: true, force: true });
     cpSync(BIN, dir, { recursive: true, verbatimSymlinks: true });
-    const v = spawnSync(join(dir, 'bridge'), [], { input: '{"cniVersion":"1.0.0"}', env: { CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
-    if (v.status === 0 && v.stdout.includes('supportedVersions')) return;
+    // In the sandbox's namespace: in engine mode the copy's engine is the one the run then uses (and cleanup stops).
+    const argv = sb.pluginArgv(join(dir, 'bridge'));
+    const v = spawnSync(argv[0], argv.slice(1), { input: '{"cniVersion":"1.0.0"}', env: { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: 'VERSION' }, encoding: 'utf8' });
+    if (v.status === 0 && v.stdout.includes('supportedVersions')) {
+      startEngine(sb.host, dir); // engine mode: up before the first ADD (the probe has started it)
+      return;
+    }
     if (tries >= 60) throw new Error(`bin/ stays unusable: ${v.stdout}${v.stderr}`);
     await new Promise((r) => setTimeout(r, 2000));
   }
@@ -202,11 +214,13 @@ async function privateBin(): Promise<void> {
 function wrapPlugins(log: string): void {
   const dir = join(sb.dir, 'bin');
   for (const name of readdirSync(dir)) {
-    if (name === 'cni-ts' || name.startsWith('.')) continue;
+    if (name === 'cni-ts' || name === 'cni-ts-client' || name.startsWith('.')) continue;
+    // What the name links to: the engine-mode client where there is one (it executes cni-ts itself in exec mode).
+    const target = existsSync(join(dir, 'cni-ts-client')) && name !== 'cni-manager' ? join(dir, 'cni-ts-client') : join(dir, 'cni-ts');
     rmSync(join(dir, name));
     writeFileSync(
       join(dir, name),
-      `#!/bin/bash\ns=$(date +%s%N)\n(exec -a ${name} ${join(dir, 'cni-ts')})\nrc=$?\necho "${name} $CNI_COMMAND $CNI_CONTAINERID $s $(date +%s%N) $rc" >> ${log}\nexit $rc\n`,
+      `#!/bin/bash\ns=$(date +%s%N)\n(exec -a ${name} ${target})\nrc=$?\necho "${name} $CNI_COMMAND $CNI_CONTAINERID $s $(date +%s%N) $rc" >> ${log}\nexit $rc\n`,
       { mode: 0o755 },
     );
   }

@@ -1,9 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, must } from '../helpers/sandbox.js';
+import { BIN, must, Sandbox } from '../helpers/sandbox.js';
+import { modeEnv } from '../helpers/mode.js';
 
 /**
  * §5 of issue 13: a runtime may give a plugin a non-blocking stdin
@@ -14,6 +15,11 @@ import { BIN, must } from '../helpers/sandbox.js';
  * pair, a named FIFO — sets O_NONBLOCK on it, starts the binary, writes the
  * config only after ~3 s, and reports the child's own CPU time from wait4().
  * The answer must be right and the CPU time well under a second.
+ *
+ * The binary runs in a sandbox's namespace (through `ip netns exec`, or
+ * nsenter in engine mode: the same process, exec'd): in engine mode the
+ * client reads the stdin (and the engine it starts is the sandbox's, not
+ * one in the machine's namespace).
  */
 const DRIVER = `
 #define _GNU_SOURCE
@@ -80,13 +86,21 @@ int main(int argc, char **argv) {
 
 let dir: string;
 let driver: string;
+let sb: Sandbox;
 beforeAll(() => {
+  sb = new Sandbox('stdin');
   dir = mkdtempSync(join(tmpdir(), 'cnits-stdin-'));
   writeFileSync(join(dir, 'nbstdin.c'), DRIVER);
   driver = join(dir, 'nbstdin');
   must(['gcc', '-O2', '-Wall', '-o', driver, join(dir, 'nbstdin.c')]);
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+  sb?.cleanup();
+});
+
+/** The driver execv()s without a PATH search: the prefix's own program by its full path. */
+const fullPath = (cmd: string) => ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].map((d) => join(d, cmd)).find((p) => existsSync(p)) ?? cmd;
 
 let n = 0;
 function run(mode: string, program: string, argv: string[], env: Record<string, string>, input: string, delayMs = 3000) {
@@ -94,7 +108,9 @@ function run(mode: string, program: string, argv: string[], env: Record<string, 
   const inputFile = join(dir, `${tag}.in`);
   const usage = join(dir, `${tag}.rusage`);
   writeFileSync(inputFile, input);
-  const r = spawnSync(driver, [mode, String(delayMs), inputFile, usage, join(dir, `${tag}.fifo`), program, ...argv], { env, encoding: 'utf8' });
+  // argv[0] (the name the binary is invoked by) becomes the program's path: its basename names the plugin all the same.
+  const inNs = sb.pluginArgv(program, ...argv.slice(1));
+  const r = spawnSync(driver, [mode, String(delayMs), inputFile, usage, join(dir, `${tag}.fifo`), fullPath(inNs[0]), ...inNs], { env: { PATH: process.env.PATH ?? '', ...modeEnv(), ...env }, encoding: 'utf8' });
   expect(r.status, `driver: ${r.stderr}`).toBe(0);
   const [utime, stime, code] = readFileSync(usage, 'utf8').trim().split(' ').map(Number);
   return { stdout: r.stdout, stderr: r.stderr, code, cpuSeconds: (utime + stime) / 1e6 };

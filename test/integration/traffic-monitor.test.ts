@@ -4,6 +4,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, must, Sandbox, sh } from '../helpers/sandbox.js';
+import { modeEnvArgs } from '../helpers/mode.js';
 import { parseMetrics } from '../helpers/prometheus.js';
 
 // The traffic monitor of cni-manager (`traffic`, `serve`) against real
@@ -45,8 +46,8 @@ function legacyPath(): string {
 }
 
 function managerArgv(args: string[]): string[] {
-  return ['ip', 'netns', 'exec', sb.host, 'env', `PATH=${legacyPath()}`, `XTABLES_LOCKFILE=${LOCK()}`, `XDG_RUNTIME_DIR=${join(sb.dir, 'xdg')}`,
-    join(BIN, 'cni-manager'), ...args, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')];
+  return sb.pluginArgv('env', ...modeEnvArgs(), `PATH=${legacyPath()}`, `XTABLES_LOCKFILE=${LOCK()}`, `XDG_RUNTIME_DIR=${join(sb.dir, 'xdg')}`,
+    join(BIN, 'cni-manager'), ...args, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache'));
 }
 const manager = (args: string[]) => sh(managerArgv(args));
 
