@@ -411,6 +411,26 @@ process.stdin.on('data', () => process.exit(0));
     expect(enginePid(BIN)).toBe(pid);
   }, 240_000);
 
+  it('a plugin in the engine that delegates to a client of another install (same build) is not queued behind itself', async () => {
+    const c = sb.container();
+    await warm(BIN);
+    // Another directory with this build's client: the engine does not take it for itself, so
+    // bridge runs it, and it connects to this engine for the same container and interface.
+    const other = join(sb.dir, 'other-bin');
+    must(['mkdir', other]);
+    must(['cp', join(BIN, 'cni-ts-client'), join(other, 'cni-ts-client')]);
+    symlinkSync(join(BIN, 'cni-ts'), join(other, 'cni-ts'));
+    symlinkSync('cni-ts-client', join(other, 'host-local'));
+    const env = { CNI_CONTAINERID: 'd1', CNI_NETNS: c.path, CNI_PATH: other, CNI_TS_ENGINE_TIMEOUT: '30' };
+    const add = await call(BIN, 'bridge', { ...env, CNI_COMMAND: 'ADD' }, ipamConf());
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    expect(JSON.parse(add.stdout).ips[0].address).toMatch(/^10\.219\.0\.\d+\/24$/);
+    expect(logText(BIN)).toContain(' bridge ADD pid=');
+    const del = await call(BIN, 'bridge', { ...env, CNI_COMMAND: 'DEL' }, ipamConf());
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(allocations()).toEqual([]);
+  }, 240_000);
+
   it('socket activation (as a systemd socket unit starts it): serves from engine.sock, which it leaves to its owner on exit', async () => {
     // What systemd does, without systemd: bind and listen on <dir>/engine.sock, then execute the
     // engine with that socket as fd 3, LISTEN_FDS=1 and LISTEN_PID=<its pid>.
