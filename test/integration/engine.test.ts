@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, chmodSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, chmodSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -428,6 +428,32 @@ process.stdin.on('data', () => process.exit(0));
     expect(logText(BIN)).toContain(' bridge ADD pid=');
     const del = await call(BIN, 'bridge', { ...env, CNI_COMMAND: 'DEL' }, ipamConf());
     expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(allocations()).toEqual([]);
+  }, 240_000);
+
+  it('cni-manager talks to the engine itself: no client process', async () => {
+    const c = sb.container();
+    await warm(BIN);
+    const list = join(sb.dir, 'mgr.conflist');
+    writeFileSync(list, JSON.stringify({ cniVersion: '1.0.0', name: 'engnet', plugins: [ipamConf(), { type: 'tuning', mtu: 1400, dataDir: join(sb.dir, 'tuning') }] }));
+    const run = (cmd: string) => new Promise<Run>((res) => {
+      const child = spawn('nsenter', [`--net=/run/netns/${sb.host}`, '--', join(BIN, 'cni-manager'), cmd, list, 'm1', '--netns', c.path, '--cni-path', BIN, '--cache-dir', join(sb.dir, 'cache')], { env: { PATH: process.env.PATH } });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (b) => (out += b));
+      child.stderr.on('data', (b) => (err += b));
+      child.on('close', (code, signal) => res({ code, signal, stdout: out, stderr: err, pid: child.pid! }));
+    });
+    const add = await run('add');
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    const del = await run('del');
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    const log = logText(BIN);
+    // Each plugin call of the list came from the manager's own process (nsenter execs it: same pid).
+    for (const [pid, cmd] of [[add.pid, 'ADD'], [del.pid, 'DEL']] as const) {
+      expect(log).toContain(` bridge ${cmd} pid=${pid} container=m1 if=eth0 `);
+      expect(log).toContain(` tuning ${cmd} pid=${pid} container=m1 if=eth0 `);
+    }
     expect(allocations()).toEqual([]);
   }, 240_000);
 
