@@ -275,7 +275,9 @@ static void start_engine(int dirfd, const char *id) {
   long idle_s = env_seconds("CNI_TS_ENGINE_IDLE", 0);
   if (idle_s > 0) snprintf(idle, sizeof idle, "%ld", idle_s);
   char *argv[] = { "cni-ts", "engine", "--dir", engine_dir, idle_s > 0 ? "--idle" : NULL, idle, NULL };
-  char *envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+  /* Fixed, never the caller's. Two malloc arenas: worker threads would each get one, and
+   * memory freed there stays resident. */
+  char *envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "MALLOC_ARENA_MAX=2", NULL };
 
   pid_t middle = fork();
   if (middle < 0) return;

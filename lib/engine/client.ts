@@ -61,7 +61,7 @@ export function startEngine(dir: string, idleSeconds?: number): void {
   const args = ['engine', '--dir', dir];
   if (idleSeconds) args.push('--idle', String(idleSeconds));
   try {
-    const child = spawn(process.execPath, args, { detached: true, stdio: 'ignore', cwd: '/', env: { PATH: CLEAN_PATH.slice(5) }, argv0: 'cni-ts' });
+    const child = spawn(process.execPath, args, { detached: true, stdio: 'ignore', cwd: '/', env: { PATH: CLEAN_PATH.slice(5), MALLOC_ARENA_MAX: '2' }, argv0: 'cni-ts' });
     child.on('error', () => undefined);
     child.unref();
   } catch {

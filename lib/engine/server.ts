@@ -30,8 +30,10 @@ export const DEFAULTS = {
   maxQueued: 256,
   requestTimeoutMs: 10_000,
   logBytes: 1024 * 1024,
-  /** Workers beyond the first are ended after this long without a call (memory back when idle). */
+  /** Workers beyond the first are ended after this long without a call (memory back when idle)… */
   workerIdleMs: 30_000,
+  /** …and the last one after this long (the next call then starts one: ~50–100 ms). */
+  lastWorkerIdleMs: 60_000,
   workerYoungMb: 4,
 } as const;
 
@@ -243,10 +245,10 @@ export async function engineMain(args: string[]): Promise<number> {
   process.on('SIGINT', () => drain('SIGINT'));
   setInterval(() => {
     if (!draining && connections === 0 && inFlight === 0 && Date.now() - lastActivity > opts.idle * 1000) drain(`idle for ${opts.idle} s`);
-    // Idle workers beyond one give their memory back.
+    // Idle workers give their memory back.
     for (const slot of [...slots]) {
-      if (slots.length <= 1) break;
-      if (slot.busy || Date.now() - slot.idleSince < DEFAULTS.workerIdleMs) continue;
+      const idleFor = slots.length > 1 ? DEFAULTS.workerIdleMs : DEFAULTS.lastWorkerIdleMs;
+      if (slot.busy || Date.now() - slot.idleSince < idleFor) continue;
       slots.splice(slots.indexOf(slot), 1);
       void slot.worker.terminate();
     }

@@ -211,7 +211,7 @@ describe.runIf(MODE === 'engine')('engine mode', () => {
     expect(logText(BIN)).toMatch(/ bridge DEL pid=\d+ container=p2 if=eth0 [\d.]+ms exit=0/);
     expect(enginePid(BIN)).toBe(pid);
     // Its environment is fixed and clean, whatever the caller that started it had.
-    expect(readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').filter(Boolean)).toEqual(['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin']);
+    expect(readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').filter(Boolean)).toEqual(['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'MALLOC_ARENA_MAX=2']);
     // Detached: its own session, stdio on /dev/null.
     expect(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[3]).toBe(String(pid));
     for (const fd of ['0', '1', '2']) expect(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')).toBeTruthy();
