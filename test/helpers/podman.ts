@@ -1,11 +1,12 @@
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
-  chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync,
-  realpathSync, rmSync, rmdirSync, symlinkSync, writeFileSync,
+  chmodSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync,
+  realpathSync, renameSync, rmSync, rmdirSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { modeEnv, stopEngines } from './mode.js';
+import { ROOT, TEST_BIN } from './sandbox.js';
 import { basename, dirname, join } from 'node:path';
 
 /**
@@ -92,7 +93,9 @@ export function pluginDir(target: string, source: string, names: string[], copy 
         const probe = join(target, '.bin', name);
         const link = probe !== dest;
         if (link) symlinkSync(basename(real), probe);
-        const v = spawnSync(probe, [], { env: { PATH: process.env.PATH, ...modeEnv(), CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
+        // The copy itself answers (exec path) in both modes: a probe that started an engine would
+        // be a warm engine of the test's making, and in engine mode the runtime's first call is to start it.
+        const v = spawnSync(probe, [], { env: { PATH: process.env.PATH, CNI_TS_ENGINE: 'off', CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' });
         if (link) rmSync(probe, { force: true });
         if (v.status === 0 && v.stdout.includes('supportedVersions')) break;
         if (Date.now() > deadline) throw new Error(`${real} (as ${name}) does not answer VERSION: ${v.stderr}${v.error ?? ''}`);
@@ -325,8 +328,12 @@ export class Podman {
   readonly sandboxes = new Set<string>();
   private readonly cgroupsBefore: Set<string>;
 
-  /** `source`: the plugin directory under test; plugins it lacks come from the reference. */
-  constructor(tag: string, source: string) {
+  /**
+   * `source`: the plugin directory under test; plugins it lacks come from the
+   * reference. `pluginEnv`: more variables for the plugins' environment
+   * (engine mode: CNI_TS_ENGINE_IDLE), in podman's and in conmon's.
+   */
+  constructor(tag: string, source: string, pluginEnv: Record<string, string> = {}) {
     this.tag = `cnits-${tag}-${process.pid}-${++counter}`;
     // Short on purpose: conmon's exit command (`podman container cleanup`)
     // gets the runroot as --runroot, and podman refuses one longer than 50
@@ -352,6 +359,11 @@ export class Podman {
     writeFileSync(wrapper, `#!/bin/sh\nexec /usr/bin/runc --root ${JSON.stringify(join(this.dir, 'runc'))} "$@"\n`, { mode: 0o755 });
     const { nofile, nproc } = hardLimits();
     const q = JSON.stringify;
+    const path = process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin';
+    // conmon gets only conmon_env_vars (default: PATH) and runs `podman container cleanup` (the DEL
+    // of a container that exits by itself) with that: pluginEnv has to reach those calls too.
+    const conmonEnv = Object.keys(pluginEnv).length
+      ? [`conmon_env_vars = [${[`PATH=${path}`, ...Object.entries(pluginEnv).map(([k, v]) => `${k}=${v}`)].map((e) => q(e)).join(', ')}]`] : [];
     writeFileSync(join(this.dir, 'containers.conf'), [
       '[containers]',
       `default_ulimits = [${q(`nofile=${nofile}:${nofile}`)}, ${q(`nproc=${nproc}:${nproc}`)}]`,
@@ -360,6 +372,7 @@ export class Podman {
       `cni_plugin_dirs = [${q(this.plugins)}]`,
       `network_config_dir = ${q(join(this.dir, 'net'))}`,
       '[engine]',
+      ...conmonEnv,
       'runtime = "runc"',
       'cgroup_manager = "cgroupfs"',
       'events_logger = "file"',
@@ -379,12 +392,13 @@ export class Podman {
       '',
     ].join('\n'));
     const env: NodeJS.ProcessEnv = {
-      PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+      PATH: path,
       HOME: join(this.dir, 'home'),
       CONTAINERS_CONF: join(this.dir, 'containers.conf'),
       CONTAINERS_STORAGE_CONF: join(this.dir, 'storage.conf'),
       // The test matrix's mode (test/helpers/mode.ts): podman hands its environment to the plugins (libcni).
       ...modeEnv(),
+      ...pluginEnv,
     };
     this.env = env;
   }
@@ -568,4 +582,202 @@ export async function hostNetLock(timeoutMs = HOST_NET_LOCK_WAIT): Promise<() =>
     if (Date.now() > deadline) throw new Error(`${dir} is held by pid ${owner}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/** The plugin directory `source` has our client in front of its plugins (engine mode applies), not the reference's binaries. */
+export function usesClient(source: string): boolean {
+  try {
+    return basename(realpathSync(join(source, 'bridge'))) === 'cni-ts-client';
+  } catch {
+    return false;
+  }
+}
+
+/** Where the engines of `source`'s client live: the test build's apart (docs/engine.md, "Where the engine lives"). */
+function engineDir(source: string): string {
+  let test = false;
+  try {
+    test = realpathSync(source) === realpathSync(TEST_BIN);
+  } catch {
+    // no test build
+  }
+  return test ? '/run/cni-ts/test' : '/run/cni-ts';
+}
+
+/** A namespace's inode number (`/proc/<pid>/ns/<kind>`), or undefined when it cannot be read. */
+export function nsInode(pid: number | 'self', kind: 'net' | 'mnt'): number | undefined {
+  try {
+    return statSync(`/proc/${pid}/ns/${kind}`).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface LogMark {
+  ino: number;
+  size: number;
+}
+
+/** The engine logs of `source`'s engine directory as they are now, so that ClientEngine.log() reads what came after. */
+export function markEngineLogs(source: string): Map<string, LogMark> {
+  const dir = engineDir(source);
+  const marks = new Map<string, LogMark>();
+  for (const name of safeList(dir)) {
+    if (!name.endsWith('.log')) continue;
+    try {
+      const st = statSync(join(dir, name));
+      marks.set(name, { ino: st.ino, size: st.size });
+    } catch {
+      // gone
+    }
+  }
+  return marks;
+}
+
+/**
+ * Engine mode with a real runtime: the engine that the runtime's plugin calls
+ * start themselves (docs/engine.md, client step 10) from a plugin directory
+ * pluginDir() made — its client and cni-ts copied into <plugins>/.bin, so the
+ * engine's executable is that copy — for the namespace pair (inode numbers)
+ * those calls run in. Only reads: the test starts no engine.
+ */
+export class ClientEngine {
+  /** The executable an engine of this plugin directory runs. */
+  readonly exe: string;
+  /** <engine dir>/engine-<net>-<mnt>: .pid, .sock, .log (docs/engine.md). */
+  readonly base: string;
+
+  constructor(plugins: string, source: string, readonly net: number, readonly mnt: number, private readonly marks: Map<string, LogMark>) {
+    this.exe = join(plugins, '.bin', 'cni-ts');
+    this.base = join(engineDir(source), `engine-${net}-${mnt}`);
+  }
+
+  /** The pid the pid file names, when that process is a live engine. */
+  pid(): number | undefined {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(`${this.base}.pid`, 'utf8').trim());
+    } catch {
+      return undefined;
+    }
+    return Number.isInteger(pid) && pid > 1 && isLiveEngine(pid) ? pid : undefined;
+  }
+
+  /** What /proc/<pid>/exe names (a binary replaced since: without " (deleted)"). */
+  static exeOf(pid: number): string {
+    try {
+      return readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Live engines running this directory's cni-ts in this namespace pair (in any namespaces: `anywhere`), pid file or not. */
+  running(anywhere = false): number[] {
+    return safeList('/proc').map(Number).filter((pid) => Number.isInteger(pid) && pid > 1 && isLiveEngine(pid) && ClientEngine.exeOf(pid) === this.exe
+      && (anywhere || (nsInode(pid, 'net') === this.net && nsInode(pid, 'mnt') === this.mnt)));
+  }
+
+  /** A live engine of the pair whose log says it listens (it logs "started" once its socket is in place). */
+  listening(): number | undefined {
+    const pid = this.pid();
+    return pid !== undefined && this.log().includes(` engine ${pid} started`) ? pid : undefined;
+  }
+
+  /** Nothing of an engine left: no process, no pid file, no socket. */
+  gone(): boolean {
+    return this.running().length === 0 && !existsSync(`${this.base}.pid`) && !existsSync(`${this.base}.sock`);
+  }
+
+  /** The pair's log since markEngineLogs() (also across a rotation to .log.1). */
+  log(): string {
+    const file = `${this.base}.log`;
+    const mark = this.marks.get(basename(file));
+    const read = (f: string, from = 0) => {
+      try {
+        return readFileSync(f).subarray(from).toString('utf8');
+      } catch {
+        return '';
+      }
+    };
+    if (!mark) return read(file);
+    let ino: number | undefined;
+    try {
+      ino = statSync(file).ino;
+    } catch {
+      // none yet
+    }
+    if (ino === mark.ino) return read(file, mark.size);
+    let rotatedIno: number | undefined;
+    try {
+      rotatedIno = statSync(`${file}.1`).ino;
+    } catch {
+      // none
+    }
+    return (rotatedIno === mark.ino ? read(`${file}.1`, mark.size) : '') + read(file);
+  }
+
+  /**
+   * The last drain in the log: which engine, why, and how long after the
+   * engine's last activity before it (the last request it answered, or its
+   * start) — for an idle exit, the idle period give or take its 1 s check.
+   */
+  lastDrain(): { pid: number; why: string; afterMs: number } | undefined {
+    const lines = this.log().split('\n');
+    const at = (l: string) => Date.parse(l.slice(0, l.indexOf(' ')));
+    for (let i = lines.length - 1; i >= 0; i--) {
+      const m = /^\S+ engine (\d+) draining: (.*)$/.exec(lines[i]);
+      if (!m) continue;
+      const before = lines.slice(0, i).reverse().find((l) => / pid=\d+ container=/.test(l) || / engine \d+ started/.test(l));
+      return { pid: Number(m[1]), why: m[2], afterMs: before ? at(lines[i]) - at(before) : NaN };
+    }
+    return undefined;
+  }
+
+  /** For failure messages: the engine files of this network namespace and the live engines of this directory. */
+  describe(): string {
+    const dir = dirname(this.base);
+    const files = safeList(dir).filter((n) => n.startsWith(`engine-${this.net}-`));
+    const live = this.running(true).map((pid) => `${pid} (net ${nsInode(pid, 'net')}, mnt ${nsInode(pid, 'mnt')})`);
+    return `expected ${this.base}.*; ${dir}: ${files.join(' ') || 'nothing'} of net ${this.net}; engines of ${this.exe}: ${live.join(', ') || 'none'}`;
+  }
+}
+
+function isLiveEngine(pid: number): boolean {
+  try {
+    if (/^\S+ \(.*\) [ZX] /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))) return false;
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[1] === 'engine';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * An upgrade in place: native/client.c compiled now with a build id of its
+ * own (16 random hex digits; the test build's flag kept, so it looks for the
+ * same engines); `install` renames it over <plugins>/.bin/cni-ts-client, which
+ * every plugin name links to. cni-ts stays: the new client gets "exec" from
+ * an engine of the old build and runs it itself. `restore` renames the old
+ * client back.
+ */
+export function otherBuildClient(plugins: string, source: string): { id: string; install: () => void; restore: () => void } {
+  const id = randomBytes(8).toString('hex');
+  const client = join(plugins, '.bin', 'cni-ts-client');
+  const fresh = `${client}.new`;
+  const old = `${client}.old`;
+  const test = engineDir(source) !== '/run/cni-ts';
+  const r = spawnSync('gcc', ['-std=c11', '-O2', '-static', `-DCNI_TS_BUILD_ID="${id}"`, ...(test ? ['-DCNI_TS_TEST_BUILD'] : []),
+    join(ROOT, 'native/client.c'), '-o', fresh], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`gcc native/client.c failed: ${r.stderr}${r.error ?? ''}`);
+  return {
+    id,
+    install: () => {
+      rmSync(old, { force: true });
+      linkSync(client, old);
+      renameSync(fresh, client);
+    },
+    restore: () => {
+      if (existsSync(old)) renameSync(old, client);
+    },
+  };
 }

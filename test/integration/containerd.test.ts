@@ -1,14 +1,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  type IptablesState, type Owned, REFERENCE, buildRootfs, HOST_NET_LOCK_WAIT, hostNetLock, iptablesAdded, iptablesRestore, iptablesState, mountsBelow,
-  pluginDir, run, treeHash,
+  type IptablesState, type LogMark, type Owned, REFERENCE, buildRootfs, ClientEngine, HOST_NET_LOCK_WAIT, hostNetLock, iptablesAdded, iptablesRestore,
+  iptablesState, markEngineLogs, mountsBelow, nsInode, otherBuildClient, pluginDir, run, treeHash, usesClient,
 } from '../helpers/podman.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
-import { modeEnv, stopEngines } from '../helpers/mode.js';
+import { MODE, modeEnv, stopEngines } from '../helpers/mode.js';
 
 // containerd's own CLI: `ctr run --cni --rootfs <busybox> …` against a
 // containerd this test starts with its root, state and sockets in a temp dir.
@@ -31,6 +31,19 @@ import { modeEnv, stopEngines } from '../helpers/mode.js';
 // and removed (its bridge and the container's veth; rules naming its network,
 // bridge, container or subnets, and the chains its plugins made while nobody
 // else uses them: see Owned in test/helpers/podman.ts).
+//
+// Engine mode (CNI_TS_MODE=engine, our plugins): ctr's plugin calls run in the
+// machine's network namespace and ctr's private mount namespace, and the test
+// starts no engine. The client starts engines only from init's mount namespace
+// (docs/engine.md, client step 10): where it can see init's (a real host) it
+// starts none for ctr, every call takes the exec path, and that is what the
+// suite asserts. Where it cannot (/proc/1/ns unreadable: some VMs and
+// containers, this kind of machine) it starts one for that pair as anywhere
+// else, and the suite checks it as the podman suite does: started by ctr's own
+// calls, idle exit (ctr hands the plugins CNI_TS_ENGINE_IDLE), and an upgrade
+// between two more runs, in ctr's mount namespace (the one that engine
+// serves), which the test holds open with a descriptor and enters with nsenter.
+const IDLE = 10;
 const SETS = (process.env.CNITS_CONTAINERD_PLUGIN_DIRS ?? `reference=${REFERENCE},ours=${BIN}`)
   .split(',').map((s) => {
     const [label, dir] = s.split('=');
@@ -86,12 +99,27 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
   let ctr: ChildProcess | undefined;
   let exited: Promise<number>;
   let unlock: (() => void) | undefined;
+  /** Engine mode applies: our client is in front of this set's plugins. */
+  const engine = MODE === 'engine' && usesClient(dir);
+  /** Engine mode: whether clients in ctr's private mount namespace start an engine (see above). */
+  const ctrEngine = engine && nsInode(1, 'mnt') === undefined;
+  let logs: Map<string, LogMark> | undefined;
+  let eng: ClientEngine | undefined;
+  /** Engine mode: a descriptor holding ctr's mount namespace, for the runs after the first. */
+  let mntFd: number | undefined;
+  /** Every container id given to ctr run (the engine-mode upgrade adds two). */
+  const ids = [id];
+  /** The environment ctr hands the plugins (libcni): the mode's, and engine mode's idle period. */
+  const ctrEnv = (): NodeJS.ProcessEnv => ({ ...process.env, ...modeEnv(), ...(engine ? { CNI_TS_ENGINE_IDLE: String(IDLE) } : {}) });
 
   const sock = () => join(tmp, 'containerd.sock');
   const ctrArgs = (...args: string[]) => ['ctr', '--address', sock(), '--namespace', NS, ...args];
 
   beforeAll(async () => {
     unlock = await hostNetLock();
+    // Engine mode: ctr's engine is of a mount namespace made for this run (nobody else's can be
+    // there, nothing to stop); only the logs are marked, to read what came after.
+    if (engine) logs = markEngineLogs(dir);
     before = {
       ipt: iptablesState(),
       watched: treeHash(WATCHED), fwd4: sysctl('/proc/sys/net/ipv4/ip_forward'), fwd6: sysctl('/proc/sys/net/ipv6/conf/all/forwarding'),
@@ -149,16 +177,20 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       ctr.kill('SIGKILL');
     }
     if (containerd) {
-      run(ctrArgs('task', 'kill', '--signal', 'SIGKILL', id));
-      run(ctrArgs('task', 'delete', '--force', id));
-      run(ctrArgs('container', 'delete', id));
+      for (const i of ids) {
+        run(ctrArgs('task', 'kill', '--signal', 'SIGKILL', i));
+        run(ctrArgs('task', 'delete', '--force', i));
+        run(ctrArgs('container', 'delete', i));
+      }
       containerd.kill('SIGTERM');
       await new Promise((r) => setTimeout(r, 500));
       if (containerd.exitCode === null) containerd.kill('SIGKILL');
     }
-    // Engine mode: the engines the copies in tmp/plugins started — ctr's, in its private mount
-    // namespace, and pluginDir's probe's — stopped before the sweep below would SIGKILL them.
+    // Engine mode: the engines the copies in tmp/plugins started (ctr's clients, in its private
+    // mount namespace, where they start one) stopped before the sweep below would SIGKILL them;
+    // then the namespace is let go.
     stopEngines(undefined, { dirs: [tmp], anyMount: true });
+    if (mntFd !== undefined) closeSync(mntFd);
     // Shims and anything else started with this temp dir on its command line.
     for (const p of readdirSync('/proc')) {
       if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
@@ -193,7 +225,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       ...ctrArgs('run', '--rm', '--cni', '--runc-root', join(tmp, 'runc'), '--fifo-dir', join(tmp, 'fifo'), '--cgroup', '', '--rootfs', join(tmp, 'rootfs'),
         id, '/bin/sh', '/check.sh', net.gw4)];
     // ctr runs libcni itself and hands the plugins its environment.
-    ctr = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...modeEnv() } });
+    ctr = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: ctrEnv() });
     let err = '';
     ctr.stdout?.on('data', (b) => (out += b));
     ctr.stderr?.on('data', (b) => (err += b));
@@ -201,6 +233,11 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     const deadline = Date.now() + 30_000;
     while (!out.includes('READY') && ctr.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(out, `ctr run: ${out}${err}`).toContain('READY');
+    if (engine && ctr.pid !== undefined) {
+      // The pair ctr's plugin calls run in: the machine's network namespace and ctr's (unshare's) mount namespace.
+      mntFd = openSync(`/proc/${ctr.pid}/ns/mnt`, 'r');
+      eng = new ClientEngine(join(tmp, 'plugins'), dir, nsInode('self', 'net')!, fstatSync(mntFd).ino, logs!);
+    }
     expect(out).toMatch(/^1: lo: <LOOPBACK,UP,LOWER_UP>/m);
     const v4 = out.match(/inet (10\.232\.\d+\.\d+)\/24/)?.[1];
     expect(v4, out).toBeDefined();
@@ -235,6 +272,86 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
       if (ours.length) console.log(`containerd/reference: left behind by the reference bridge's DEL:\n${ours.join('\n')}`);
     } else {
       expect(ours).toEqual([]);
+    }
+  });
+
+  it.runIf(engine)(ctrEngine
+    ? "engine mode: ctr's first plugin call started the engine of its namespaces (the machine's network, ctr's mount namespace) from the plugin dir's cni-ts, with ctr's CNI_TS_ENGINE_IDLE; it served ctr's DEL"
+    : "engine mode: ctr's calls took the exec path — no engine for its namespaces (ctr's mount namespace is not init's)", () => {
+    if (!eng) throw new Error('ctr did not run (see the first failure)');
+    const log = eng.log();
+    if (!ctrEngine) {
+      expect(eng.running(true), eng.describe()).toEqual([]);
+      expect(existsSync(`${eng.base}.pid`) || existsSync(`${eng.base}.sock`), eng.describe()).toBe(false);
+      expect(log).toBe('');
+      return;
+    }
+    const pid = eng.pid();
+    expect(pid, eng.describe()).toBeDefined();
+    expect(ClientEngine.exeOf(pid!)).toBe(eng.exe);
+    // The pair's first engine was started by a client with ctr's environment: the idle period it got is ctr's.
+    const first = /^\S+ engine (\d+) started: build \S+, \d+ workers, idle (\d+) s, socket (\S+)$/m.exec(log);
+    expect(first, log).not.toBeNull();
+    expect(first![2], 'idle period of the first engine').toBe(String(IDLE));
+    expect(first![3]).toBe(`${eng.base}.sock`);
+    expect(log).toContain(` engine ${pid} started`);
+    // The DEL after the container exited (the engine was up by then; the ADDs may have been quicker).
+    for (const p of ['loopback', 'portmap', 'bridge']) {
+      expect(log, `${p} DEL in the engine`).toMatch(new RegExp(`^\\S+ ${p} DEL pid=\\d+ container=${fullId} if=eth0 [\\d.]+ms exit=0 code=-$`, 'm'));
+    }
+  });
+
+  it.runIf(ctrEngine)(`engine mode: with the container gone the engine exits by itself after CNI_TS_ENGINE_IDLE (${IDLE} s); its socket and pid file go with it`, async () => {
+    if (!eng) throw new Error('ctr did not run (see the first failure)');
+    const e = eng;
+    const live = e.pid();
+    await expect.poll(() => e.gone(), { timeout: (IDLE + 20) * 1000, interval: 250 }).toBe(true);
+    const drain = e.lastDrain();
+    expect(drain?.why, e.log()).toBe(`idle for ${IDLE} s`);
+    // Its last activity (last answer, or its start: counted from just before its log says so) was
+    // the idle period before (checked once a second).
+    expect(drain!.afterMs).toBeGreaterThan(IDLE * 1000 - 500);
+    expect(drain!.afterMs).toBeLessThan((IDLE + 5) * 1000);
+    if (live !== undefined) expect(drain!.pid, 'the engine serving when the container went').toBe(live);
+    expect(e.log()).toContain(` engine ${drain!.pid} exits`);
+  });
+
+  it.runIf(ctrEngine)('engine mode: upgrade — beside the old engine, a client of another build runs the next container itself (exec path); the old engine drains and exits', async () => {
+    if (!eng || mntFd === undefined) throw new Error('ctr did not run (see the first failure)');
+    const e = eng;
+    const other = otherBuildClient(join(tmp, 'plugins'), dir);
+    /** An attached run (check.sh returns at once: /release is there) in ctr's mount namespace. */
+    const runCtr = (cid: string) => {
+      ids.push(cid);
+      owned.containerIds.push(`${NS}-${cid}`);
+      const r = run(['nsenter', `--mount=/proc/${process.pid}/fd/${mntFd}`, '--', ...ctrArgs('run', '--rm', '--cni', '--runc-root', join(tmp, 'runc'),
+        '--fifo-dir', join(tmp, 'fifo'), '--cgroup', '', '--rootfs', join(tmp, 'rootfs'), cid, '/bin/sh', '/check.sh', net.gw4)], { env: ctrEnv() });
+      expect(r.code, `ctr run ${cid}: ${r.stdout}${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/inet 10\.232\.\d+\.\d+\/24/);
+      expect(r.stdout, 'ping to the gateway').toContain('PING-OK');
+      // ctr's DEL after it: nothing of the container left on the bridge or in IPAM.
+      expect(JSON.parse(run(['ip', '-j', 'link', 'show', 'master', net.bridge]).stdout || '[]')).toEqual([]);
+      expect(readdirSync(join(tmp, 'ipam', net.name)).filter((f) => /^[0-9a-f.:]+$/.test(f) && /\d/.test(f)), 'IPAM allocations').toEqual([]);
+      expect(existsSync(join(CACHE, `${net.name}-${NS}-${cid}-eth0`)), 'libcni cache entry').toBe(false);
+    };
+    // The old engine must be up when the new client comes (it idled out above): a run of the old
+    // build first, then that engine once it listens.
+    runCtr(`o-${process.pid}`);
+    await expect.poll(() => e.listening(), { timeout: 15_000, interval: 100 }).toBeDefined();
+    const old = e.listening()!;
+    expect(e.running()).toContain(old);
+    other.install();
+    try {
+      const next = `n-${process.pid}`;
+      runCtr(next);
+      await expect.poll(() => e.running().includes(old), { timeout: 30_000, interval: 200 }).toBe(false);
+      const log = e.log();
+      expect(log).toContain(` engine ${old} draining: a client of build ${other.id}`);
+      expect(log).toContain(` engine ${old} exits`);
+      // No engine ran a call of the new run: each went back to its client.
+      expect(log).not.toContain(`container=${NS}-${next} `);
+    } finally {
+      other.restore();
     }
   });
 

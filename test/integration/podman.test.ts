@@ -1,10 +1,12 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clientsStartEngines, MODE, modeEnv, stopEngines } from '../helpers/mode.js';
 import {
-  type IptablesState, type Owned, type PodmanNetwork, Podman, REFERENCE, iptablesAdded, iptablesRestore, iptablesState, libpodCgroups,
-  HOST_NET_LOCK_WAIT, hostNetLock, mountsBelow, run, treeHash,
+  type IptablesState, type Owned, type PodmanNetwork, ClientEngine, Podman, REFERENCE, iptablesAdded, iptablesRestore, iptablesState, libpodCgroups,
+  HOST_NET_LOCK_WAIT, hostNetLock, markEngineLogs, mountsBelow, nsInode, otherBuildClient, run, treeHash, usesClient,
 } from '../helpers/podman.js';
 import { BIN } from '../helpers/sandbox.js';
 
@@ -25,6 +27,15 @@ const SETS = (process.env.CNITS_PODMAN_PLUGIN_DIRS ?? `reference=${REFERENCE},ou
     const [label, dir] = s.split('=');
     return { label, dir };
   });
+
+// Engine mode (CNI_TS_MODE=engine, our plugins): podman's plugin calls start
+// the engine themselves, as on a real host — the test starts none — for the
+// namespaces podman runs them in: the machine's (podman's own, the test
+// process's). podman (and conmon, for its cleanup process) hands them
+// CNI_TS_ENGINE_IDLE, so that engine idles out soon enough for the suite to
+// see it; the suite also swaps in a client of another build between two
+// container runs (an upgrade).
+const IDLE = 10;
 
 const PORT = 18080;
 const ETC = ['/etc/containers', '/etc/cni'];
@@ -98,6 +109,12 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
   let unlock: (() => void) | undefined;
   const host = hostAddress();
   const names = { a: `cnits-a-${process.pid}`, b: `cnits-b-${process.pid}`, c: `cnits-c-${process.pid}` };
+  /** Engine mode: the containers run before and after the upgrade. */
+  const upgrade = { old: `cnits-o-${process.pid}`, new: `cnits-n-${process.pid}` };
+  /** Engine mode applies: our client is in front of this set's plugins, and starts engines in podman's namespaces (the test's). */
+  const engine = MODE === 'engine' && usesClient(dir) && clientsStartEngines();
+  let eng: ClientEngine;
+  let engineBefore: number | undefined;
   const ctr: Record<string, Ctr> = {};
   /** A container an earlier step started, or a plain error saying it did not. */
   /** What of the machine's state is this test's (see Owned). */
@@ -112,11 +129,21 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
 
   beforeAll(async () => {
     unlock = await hostNetLock();
+    // Engine mode: podman's calls are to meet no engine but the one their client starts. One of the
+    // machine's namespaces that someone else left (a killed run, the benchmark: all use them under
+    // this lock only) is stopped first.
+    if (engine) stopEngines(undefined, { dirs: [tmpdir()] });
+    const logs = engine ? markEngineLogs(dir) : undefined;
     etcBefore = treeHash(ETC);
     iptBefore = iptablesState();
     forwardBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
     cgroupsBefore = libpodCgroups();
-    pm = new Podman(`podman-${label}`, dir);
+    // modeEnv(): in exec mode CNI_TS_ENGINE=off reaches conmon's cleanup calls too (they would start an engine).
+    pm = new Podman(`podman-${label}`, dir, engine ? { ...modeEnv(), CNI_TS_ENGINE_IDLE: String(IDLE) } : { ...modeEnv() });
+    if (logs) {
+      eng = new ClientEngine(pm.plugins, dir, nsInode('self', 'net')!, nsInode('self', 'mnt')!, logs);
+      engineBefore = eng.pid();
+    }
     if (pm.borrowed.length) console.log(`podman/${label}: taken from ${REFERENCE}: ${pm.borrowed.join(', ')}`);
     for (const n of Object.values(names)) {
       mkdirSync(join(pm.rootfs, 'www', n), { recursive: true });
@@ -198,6 +225,25 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
     expect(pm.must(['port', names.b]).trim()).toBe(`80/tcp -> 0.0.0.0:${PORT}`);
   });
 
+  it.runIf(engine)("engine mode: podman's first plugin call started the engine of the machine's namespaces from the plugin dir's cni-ts, with podman's CNI_TS_ENGINE_IDLE; it served the second container's calls", () => {
+    const b = need('b');
+    expect(engineBefore, 'an engine of the pair before podman ran a container').toBeUndefined();
+    const pid = eng.pid();
+    expect(pid, eng.describe()).toBeDefined();
+    expect(ClientEngine.exeOf(pid!)).toBe(eng.exe);
+    const log = eng.log();
+    // The pair's first engine since the suite began was started by a client with podman's
+    // environment: the idle period it got is podman's.
+    const first = /^\S+ engine (\d+) started: build \S+, \d+ workers, idle (\d+) s, socket (\S+)$/m.exec(log);
+    expect(first, log).not.toBeNull();
+    expect(first![2], 'idle period of the first engine').toBe(String(IDLE));
+    expect(first![3]).toBe(`${eng.base}.sock`);
+    expect(log).toContain(` engine ${pid} started`);
+    for (const p of ['bridge', 'portmap', 'firewall', 'tuning', 'dnsname']) {
+      expect(log, `${p} ADD of ${names.b} in the engine`).toMatch(new RegExp(`^\\S+ ${p} ADD pid=\\d+ container=${b.id} if=eth0 [\\d.]+ms exit=0 code=-$`, 'm'));
+    }
+  });
+
   it("the bridge's MAC is pinned (addr_assign_type 3), so it does not change when a port leaves", () => {
     // An unpinned bridge takes the lowest MAC of its ports: when that port's
     // container goes, the gateway's MAC changes under the other containers'
@@ -246,6 +292,34 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
     expectPresent(b);
   });
 
+  it.runIf(engine)('engine mode: upgrade — beside the old engine, a client of another build runs the next container itself (exec path); the old engine drains and exits', async () => {
+    need('b');
+    const other = otherBuildClient(pm.plugins, dir);
+    // The old engine must be up when the new client comes (it may have idled out since the last
+    // call): a container of the old build first, then that engine once it listens.
+    ctr.old = start(upgrade.old, [], ['/bin/sleep', '600']);
+    await expect.poll(() => eng.listening(), { timeout: 15_000, interval: 100 }).toBeDefined();
+    const old = eng.listening()!;
+    expect(eng.running()).toContain(old);
+    other.install();
+    try {
+      ctr.new = start(upgrade.new, [], ['/bin/sleep', '600']);
+      expectPresent(ctr.new);
+      await expect.poll(() => eng.running().includes(old), { timeout: 30_000, interval: 200 }).toBe(false);
+      const log = eng.log();
+      expect(log).toContain(` engine ${old} draining: a client of build ${other.id}`);
+      expect(log).toContain(` engine ${old} exits`);
+      // No engine ran a call of the new container: each went back to its client.
+      expect(log).not.toContain(`container=${ctr.new.id} `);
+      // Its removal under the new client too.
+      pm.must(['rm', '--force', '--time', '0', upgrade.old, upgrade.new]);
+      expectGone(ctr.old);
+      expectGone(ctr.new);
+    } finally {
+      other.restore();
+    }
+  });
+
   it("a container that exits by itself is torn down by podman's cleanup process (conmon's exit command)", async () => {
     // It exits when told (a file in its /www), not after a fixed time: on a slow, busy machine a
     // `sleep 2` was over before podman had been asked about it.
@@ -278,6 +352,19 @@ describe.each(SETS)('podman 4.3 with the $label plugins ($dir)', ({ label, dir }
     const ipam = existsSync(join(IPAM, net.name)) ? readdirSync(join(IPAM, net.name)) : [];
     expect(ipam.filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))).toEqual([]);
     expect(readdirSync(CACHE).filter((f) => f.startsWith(`${net.name}-`))).toEqual([]);
+  });
+
+  it.runIf(engine)(`engine mode: with no container left the engine exits by itself after CNI_TS_ENGINE_IDLE (${IDLE} s); its socket and pid file go with it`, async () => {
+    const live = eng.pid();
+    await expect.poll(() => eng.gone(), { timeout: (IDLE + 20) * 1000, interval: 250 }).toBe(true);
+    const drain = eng.lastDrain();
+    expect(drain?.why, eng.log()).toBe(`idle for ${IDLE} s`);
+    // Its last activity (last answer, or its start: counted from just before its log says so) was
+    // the idle period before (checked once a second).
+    expect(drain!.afterMs).toBeGreaterThan(IDLE * 1000 - 500);
+    expect(drain!.afterMs).toBeLessThan((IDLE + 5) * 1000);
+    if (live !== undefined) expect(drain!.pid, 'the engine serving when the last container went').toBe(live);
+    expect(eng.log()).toContain(` engine ${drain!.pid} exits`);
   });
 
   it("podman network rm removes the bridge; the plugins' shared chains are all that is left in iptables", () => {
