@@ -249,16 +249,26 @@ static int connect_engine(int dirfd, const char *id) {
  * already; two clients racing both start one, and the engine that does not
  * get the lock exits at once (its own non-blocking take).
  */
-/* Whether we run in a mount namespace other than init's. `ip netns exec` makes a new one for
- * every call, and an engine serves one (network, mount) namespace pair: each such call would
- * start an engine of its own, to idle for minutes. So engines are started only for callers in
- * init's mount namespace (an engine that exists is used whatever the namespace). Where init's
- * namespace cannot be seen (not permitted), nothing is assumed transient. */
+/* Whether our mount namespace was made for this call alone. `ip netns exec` makes a new one
+ * for every call it runs, and an engine serves one (network, mount) namespace pair: each such
+ * call would start an engine of its own, to idle for minutes. A runtime's own namespace is
+ * init's (a host runtime) or, in a container, the one its plugin calls share with it — our
+ * parent's; a namespace that is neither is taken for a per-call one, and no engine is started
+ * there (an engine that exists is used whatever the namespace). Where neither can be seen,
+ * nothing is assumed. */
+static bool same_ns(const char *path, const struct stat *self) {
+  struct stat other;
+  return stat(path, &other) == 0 && other.st_ino == self->st_ino && other.st_dev == self->st_dev;
+}
+
 static bool private_mount_ns(void) {
-  struct stat self, init;
+  struct stat self, parent;
   if (stat("/proc/self/ns/mnt", &self) < 0) return true;
-  if (stat("/proc/1/ns/mnt", &init) < 0) return false;
-  return self.st_ino != init.st_ino || self.st_dev != init.st_dev;
+  if (same_ns("/proc/1/ns/mnt", &self)) return false;
+  char path[40];
+  snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)getppid());
+  if (stat(path, &parent) < 0) return false;
+  return parent.st_ino != self.st_ino || parent.st_dev != self.st_dev;
 }
 
 static void start_engine(int dirfd, const char *id) {

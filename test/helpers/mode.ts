@@ -249,15 +249,13 @@ function removeStale(net: number, mnt: number | undefined): void {
 }
 
 /**
- * Whether the clients this process runs start engines: only from init's
- * mount namespace (native/client.c, step 10 of docs/engine.md), or where
- * init's cannot be seen. Elsewhere every call without an engine takes the
- * exec path.
+ * Whether the clients this process runs start engines: the client refuses
+ * only a mount namespace made for the call alone (neither init's nor its
+ * parent's: native/client.c, step 10 of docs/engine.md), and the clients
+ * started here share this process's.
  */
 export function clientsStartEngines(): boolean {
-  const self = nsIno('/proc/self/ns/mnt');
-  const init = nsIno('/proc/1/ns/mnt');
-  return self !== undefined && (init === undefined || init === self);
+  return nsIno('/proc/self/ns/mnt') !== undefined;
 }
 
 /**

@@ -217,6 +217,30 @@ describe.runIf(MODE === 'engine')('engine mode', () => {
     for (const fd of ['0', '1', '2']) expect(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8')).toBeTruthy();
   }, 240_000);
 
+  it('a call from a mount namespace made for it alone (ip netns exec) starts no engine', async () => {
+    const c = sb.container();
+    const hostNs = statSync(`/run/netns/${sb.host}`).ino;
+    const enginesHere = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+      try {
+        return statSync(`/proc/${p}/ns/net`).ino === hostNs && readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('engine');
+      } catch {
+        return false;
+      }
+    });
+    for (const cmd of ['ADD', 'DEL']) {
+      const r = spawnSync('ip', ['netns', 'exec', sb.host, join(BIN, 'loopback')], {
+        input: JSON.stringify({ cniVersion: '1.0.0', name: 'p', type: 'loopback' }), encoding: 'utf8',
+        env: { PATH: process.env.PATH, CNI_COMMAND: cmd, CNI_CONTAINERID: 'p1', CNI_NETNS: c.path, CNI_IFNAME: 'lo', CNI_PATH: BIN },
+      });
+      expect(r.status, r.stdout + r.stderr).toBe(0);
+    }
+    await new Promise((res) => setTimeout(res, 2000)); // an engine started in the background would be up by now
+    expect(enginesHere()).toEqual([]);
+    // The same calls from the caller's own mount namespace do start one.
+    await warm(BIN);
+    expect(enginesHere().length).toBe(1);
+  }, 240_000);
+
   it('exits after its idle period, removing its socket and pid file', async () => {
     const pid = await warm(BIN, { CNI_TS_ENGINE_IDLE: '2' });
     expect(existsSync(engineFile(BIN, 'sock'))).toBe(true);
