@@ -1,13 +1,24 @@
 // Real podman (Debian's 4.3, CNI backend, runc): median wall time of
-// `podman run --rm --network <net> --rootfs <busybox> /bin/true` with our
-// plugins against the reference ones in /usr/lib/cni, on one network that
-// `podman network create` wrote, interleaved so machine noise hits both, plus
-// `--network none` (podman + runc alone) as the floor. Standalone:
+// `podman run --rm --network <net> --rootfs <busybox> /bin/true` with the
+// reference plugins in /usr/lib/cni, ours in exec mode and ours in engine
+// mode, on one network that `podman network create` wrote, interleaved
+// (reference, exec, engine in turn, rotated) so machine noise hits all three,
+// plus `--network none` (podman + runc alone) as the floor. Standalone:
 //   node bench/podman.mjs            (BENCH_RUNS=15 by default)
 //   BENCH_PODMAN_BORROW=firewall node bench/podman.mjs   (take these from the reference)
+// Prints a markdown table, then one line `RESULT <json>` (read by bench.mjs).
+//
+// podman hands its own environment to the plugins (libcni): exec mode is
+// podman run with CNI_TS_ENGINE=off in its environment; every exec-mode run is
+// checked to have sent nothing to the engine. Engine mode: podman runs in the
+// machine's namespaces, so its plugins use the machine's engine
+// (/run/cni-ts/engine-<machine netns>-<machine mntns>), started by the first
+// call from our copy of the plugins and stopped at the end.
+//
 // Everything podman writes goes to a temp dir (see test/helpers/podman.ts for
 // why each setting is needed); what the plugins leave on the host for this
-// network (bridge, iptables chains, IPAM/cache/dnsname dirs) is removed at the end.
+// network (bridge, iptables chains, IPAM/cache/dnsname dirs) is removed at the
+// end. The whole run holds the tests' host-network lock.
 import { spawnSync } from 'node:child_process';
 import {
   chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmdirSync, rmSync,
@@ -16,6 +27,10 @@ import {
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import {
+  engineFilesNow, engineId, engineLog, enginePid, enginesOf, exeOf, fmt, hostNetLock, iptablesRestore, iptablesState, killByCmdline, median,
+  MODES, modeEnv, mountsBelow, order, ratio, removeEngineFiles, sleep, stopEngine,
+} from './host.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 15);
@@ -24,26 +39,27 @@ const OURS = process.env.BENCH_PODMAN_OURS ?? join(root, 'bin');
 const BORROW = (process.env.BENCH_PODMAN_BORROW ?? '').split(',').filter(Boolean);
 const PLUGINS = ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'dnsname', 'loopback'];
 const NET = `cnits-bench-${process.pid}`;
-// Short: podman refuses a --runroot (which conmon's exit command passes) over 50 characters.
-const dir = mkdtempSync(join(tmpdir(), 'cnits-pmb-'));
+const BASE = JSON.parse(readFileSync(join(root, 'bench/baseline-exec.json'), 'utf8'));
 
 const sh = (argv, opts = {}) => {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 120_000, ...opts });
   return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 };
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-const iptSave = () => ['iptables-save', 'ip6tables-save'].map((c) => sh([c]).stdout.split('\n').filter((l) => !l.startsWith('#')));
 const cgroups = () => readdirSync('/sys/fs/cgroup').flatMap((c) => {
   const p = join('/sys/fs/cgroup', c, 'libpod_parent');
   return existsSync(p) ? [...readdirSync(p, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(p, e.name)), p] : [];
 });
 
-// Plugin directories: ours (a copy of the binary, so a rebuild of bin/ cannot
-// race the benchmark) with the reference for what bin/ lacks or BORROW names.
+const lock = hostNetLock();
+// Short: podman refuses a --runroot (which conmon's exit command passes) over 50 characters.
+const dir = mkdtempSync(join(tmpdir(), 'cnits-pmb-'));
+const OUR_EXE = join(dir, 'plugins-ours', '.bin', 'cni-ts');
+const filesBefore = engineFilesNow();
+const machineId = engineId();
+
+// Plugin directories: ours (a copy of the client and cni-ts, so a rebuild of
+// bin/ cannot race the benchmark; the engine is the copy's) with the
+// reference for what bin/ lacks or BORROW names.
 function pluginDir(name, source) {
   const target = join(dir, name);
   mkdirSync(join(target, '.bin'), { recursive: true });
@@ -61,10 +77,15 @@ function pluginDir(name, source) {
       const dest = join(target, '.bin', basename(real));
       copyFileSync(real, dest);
       chmodSync(dest, 0o755);
+      // The client executes the cni-ts beside it (and starts the engine from it).
+      if (basename(real) === 'cni-ts-client') {
+        copyFileSync(join(dirname(real), 'cni-ts'), join(target, '.bin', 'cni-ts'));
+        chmodSync(join(target, '.bin', 'cni-ts'), 0o755);
+      }
       copies.set(real, dest);
     }
     symlinkSync(copies.get(real), join(target, p));
-    const v = sh([join(target, p)], { env: { PATH: process.env.PATH, CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}' });
+    const v = sh([join(target, p)], { env: { PATH: process.env.PATH, CNI_TS_ENGINE: 'off', CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}' });
     if (!v.stdout.includes('supportedVersions')) throw new Error(`${own} does not answer VERSION (being rebuilt?): ${v.stderr}`);
   }
   return { target, borrowed };
@@ -80,71 +101,54 @@ function limits() {
   return { nofile: hard('Max open files', 1048576), nproc: Math.min(hard('Max processes', 4194304), pidMax) };
 }
 
-function containersConf(name, pluginsDir) {
+/**
+ * `conmonEnv`: containers.conf's conmon_env_vars. podman gives conmon only
+ * those (default: PATH), and conmon runs podman's exit command (`podman
+ * container cleanup`, which tears the network down too: a second DEL of every
+ * plugin) with that environment, not podman's: exec mode needs
+ * CNI_TS_ENGINE=off there as well.
+ */
+function containersConf(name, pluginsDir, conmonEnv) {
   const q = JSON.stringify;
   const { nofile, nproc } = limits();
   const file = join(dir, `${name}.conf`);
   writeFileSync(file, [
     '[containers]', `default_ulimits = [${q(`nofile=${nofile}:${nofile}`)}, ${q(`nproc=${nproc}:${nproc}`)}]`,
     '[network]', 'network_backend = "cni"', `cni_plugin_dirs = [${q(pluginsDir)}]`, `network_config_dir = ${q(join(dir, 'net'))}`,
-    '[engine]', 'runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"', 'lock_type = "file"',
+    '[engine]', ...(conmonEnv ? [`conmon_env_vars = [${conmonEnv.map((e) => q(e)).join(', ')}]`] : []), 'runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"', 'lock_type = "file"',
     `tmp_dir = ${q(join(dir, 'tmp'))}`, `volume_path = ${q(join(dir, 'volumes'))}`, `image_copy_tmp_dir = ${q(join(dir, 'tmp'))}`,
     '[engine.runtimes]', `runc = [${q(join(dir, 'runc-wrapper'))}]`, '',
   ].join('\n'));
   return { PATH: process.env.PATH, HOME: join(dir, 'home'), CONTAINERS_CONF: file, CONTAINERS_STORAGE_CONF: join(dir, 'storage.conf') };
 }
 
-for (const d of ['net', 'tmp', 'volumes', 'root', 'runroot', 'runc', 'home', 'rootfs/bin', 'rootfs/etc', 'rootfs/proc', 'rootfs/sys', 'rootfs/dev']) {
-  mkdirSync(join(dir, d), { recursive: true });
-}
-copyFileSync('/bin/busybox', join(dir, 'rootfs/bin/busybox'));
-chmodSync(join(dir, 'rootfs/bin/busybox'), 0o755);
-symlinkSync('busybox', join(dir, 'rootfs/bin/true'));
-writeFileSync(join(dir, 'runc-wrapper'), `#!/bin/sh\nexec /usr/bin/runc --root ${JSON.stringify(join(dir, 'runc'))} "$@"\n`, { mode: 0o755 });
-writeFileSync(join(dir, 'storage.conf'), `[storage]\ndriver = "vfs"\ngraphroot = ${JSON.stringify(join(dir, 'root'))}\nrunroot = ${JSON.stringify(join(dir, 'runroot'))}\n`);
-
-const iptBefore = iptSave();
-const cgBefore = new Set(cgroups());
-const forwardBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
-const ours = pluginDir('plugins-ours', OURS);
-const ref = pluginDir('plugins-ref', REF);
-const env = { ours: containersConf('ours', ours.target), ref: containersConf('ref', ref.target) };
-const podman = (which, args) => sh(['podman', ...args], { env: env[which] });
 let bridge = '';
+let third = 0;
+let iptBefore;
+let cgBefore;
+let forwardBefore;
+let env;
+const podman = (which, args) => sh(['podman', ...args], { env: env[which] });
 
 function cleanup() {
-  podman('ref', ['rm', '--all', '--force', '--time', '0']);
-  podman('ref', ['network', 'rm', '--force', NET]);
+  if (env) {
+    podman('ref', ['rm', '--all', '--force', '--time', '0']);
+    podman('ref', ['network', 'rm', '--force', NET]);
+  }
+  // Our engine(s): the machine's, and any other our copy started (before the copy goes).
+  for (const e of enginesOf([OUR_EXE])) stopEngine(e.id, [OUR_EXE]);
+  stopEngine(machineId, [OUR_EXE]);
+  removeEngineFiles(machineId, filesBefore);
+  killByCmdline(`${dir}/`);
   if (bridge && existsSync(`/sys/class/net/${bridge}`)) sh(['ip', 'link', 'del', bridge]);
   rmSync(join('/var/lib/cni/networks', NET), { recursive: true, force: true });
   rmSync(join('/run/containers/cni/dnsname', NET), { recursive: true, force: true });
   for (const f of existsSync('/var/lib/cni/results') ? readdirSync('/var/lib/cni/results') : []) {
     if (f.startsWith(`${NET}-`)) rmSync(join('/var/lib/cni/results', f), { force: true });
   }
-  // iptables: new CNI-* chains and new rules in or jumping to them, or naming the bridge.
-  iptSave().forEach((now, i) => {
-    const chainsOf = (lines) => {
-      let t = '';
-      return new Set(lines.flatMap((l) => (l.startsWith('*') ? ((t = l.slice(1)), []) : l.startsWith(':') ? [`${t} ${l.slice(1).split(' ')[0]}`] : [])));
-    };
-    const before = new Set(iptBefore[i]);
-    const fresh = [...chainsOf(now)].filter((c) => !chainsOf(iptBefore[i]).has(c) && c.split(' ')[1].startsWith('CNI-')).map((c) => c.split(' '));
-    const del = new Map();
-    const add = (t, l) => del.set(t, [...(del.get(t) ?? []), l]);
-    let table = '';
-    for (const l of now) {
-      if (l.startsWith('*')) table = l.slice(1);
-      if (!l.startsWith('-A ') || before.has(l)) continue;
-      const chain = l.split(' ')[1];
-      if (fresh.some(([t, c]) => t === table && c === chain)) continue;
-      if (chain.startsWith('CNI-') || / -j CNI-/.test(l) || (bridge && l.includes(` ${bridge} `))) add(table, `-D ${l.slice(3)}`);
-    }
-    for (const [t, c] of fresh) add(t, `-F ${c}`);
-    for (const [t, c] of fresh) add(t, `-X ${c}`);
-    if (del.size) sh([i ? 'ip6tables-restore' : 'iptables-restore', '--noflush', '-w'], { input: [...del].map(([t, ls]) => `*${t}\n${ls.join('\n')}\nCOMMIT\n`).join('') });
-  });
-  writeFileSync('/proc/sys/net/ipv4/ip_forward', forwardBefore);
-  for (let i = 0; i < 30; i++) {
+  if (iptBefore) iptablesRestore(iptBefore, { networks: [NET], bridges: bridge ? [bridge] : [], prefixes: third ? [`10.231.${third}.`] : [], containerIds: [] });
+  if (forwardBefore !== undefined) writeFileSync('/proc/sys/net/ipv4/ip_forward', forwardBefore);
+  for (let i = 0; cgBefore && i < 30; i++) {
     let busy = false;
     for (const cg of cgroups()) {
       if (cgBefore.has(cg)) continue;
@@ -157,9 +161,7 @@ function cleanup() {
     if (!busy) break;
     sleep(100);
   }
-  for (const m of readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m?.startsWith(`${dir}/`))) {
-    sh(['umount', '-l', m]);
-  }
+  for (const m of mountsBelow(dir)) sh(['umount', '-l', m]);
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -172,33 +174,87 @@ function time(which, network) {
 }
 
 try {
-  for (let third = 200 + (process.pid % 40), i = 0; ; i++, third++) {
+  for (const d of ['net', 'tmp', 'volumes', 'root', 'runroot', 'runc', 'home', 'rootfs/bin', 'rootfs/etc', 'rootfs/proc', 'rootfs/sys', 'rootfs/dev']) {
+    mkdirSync(join(dir, d), { recursive: true });
+  }
+  copyFileSync('/bin/busybox', join(dir, 'rootfs/bin/busybox'));
+  chmodSync(join(dir, 'rootfs/bin/busybox'), 0o755);
+  symlinkSync('busybox', join(dir, 'rootfs/bin/true'));
+  writeFileSync(join(dir, 'runc-wrapper'), `#!/bin/sh\nexec /usr/bin/runc --root ${JSON.stringify(join(dir, 'runc'))} "$@"\n`, { mode: 0o755 });
+  writeFileSync(join(dir, 'storage.conf'), `[storage]\ndriver = "vfs"\ngraphroot = ${JSON.stringify(join(dir, 'root'))}\nrunroot = ${JSON.stringify(join(dir, 'runroot'))}\n`);
+  iptBefore = iptablesState();
+  cgBefore = new Set(cgroups());
+  forwardBefore = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
+  const ours = pluginDir('plugins-ours', OURS);
+  const ref = pluginDir('plugins-ref', REF);
+  const conmonPath = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'; // podman's default conmon_env_vars
+  const execConmon = [conmonPath, ...Object.entries(modeEnv('exec')).map(([k, v]) => `${k}=${v}`)];
+  env = { ref: containersConf('ref', ref.target), exec: { ...containersConf('exec', ours.target, execConmon), ...modeEnv('exec') }, engine: containersConf('engine', ours.target) };
+
+  // An engine in the machine's namespace that is not our copy's would take our
+  // plugins' calls, and its delegation to host-local (through CNI_PATH, our
+  // copy's client) would queue behind the very call that made it: wait for it to idle out.
+  for (let deadline = Date.now() + 150_000; ;) {
+    const foreign = stopEngine(machineId, [OUR_EXE]).foreign;
+    if (!foreign.length) break;
+    if (Date.now() > deadline) throw new Error(`an engine not of this bench serves the machine's namespace: ${foreign.map(([p, e]) => `${p} ${e}`).join(', ')}`);
+    sleep(1000);
+  }
+
+  for (let i = 0; ; i++) {
+    third = 200 + ((process.pid + i) % 40);
     const r = podman('ref', ['network', 'create', '--subnet', `10.231.${third}.0/24`, NET]);
     if (r.code === 0) break;
     if (i > 10 || !/already (used|in use)/.test(r.stderr)) throw new Error(`podman network create: ${r.stderr}`);
   }
   bridge = JSON.parse(podman('ref', ['network', 'inspect', NET]).stdout)[0].network_interface;
   const plugins = JSON.parse(readFileSync(join(dir, 'net', `${NET}.conflist`), 'utf8')).plugins.map((p) => p.type);
-  for (const w of ['ref', 'ours', 'ref', 'ours']) time(w, NET); // warm-up (page cache, first bridge setup)
+  // Warm-up (page cache, first bridge setup; engine mode: starts the engine and warms its workers).
+  for (let i = 0; i < 2; i++) for (const w of order(i)) time(w, NET);
   time('ref', 'none');
-  const t = { ref: [], ours: [], none: [] };
+  const pid = enginePid(machineId);
+  if (!pid || exeOf(pid) !== OUR_EXE) throw new Error(`after the warm-up the machine's engine is ${pid ? `${pid} (${exeOf(pid)})` : 'not running'}, not our copy's (${OUR_EXE})`);
+  const since = Date.now();
+  const logLines = () => engineLog(machineId, since).length;
+  const t = { ref: [], exec: [], engine: [], none: [] };
+  let leaks = 0;
   for (let i = 0; i < RUNS; i++) {
-    t.ref.push(time('ref', NET));
-    t.ours.push(time('ours', NET));
+    for (const who of order(i)) {
+      const before = who === 'exec' ? logLines() : 0;
+      t[who].push(time(who, NET));
+      if (who === 'exec') leaks += logLines() - before;
+    }
     t.none.push(time('ref', 'none'));
   }
-  const m = { ref: median(t.ref), ours: median(t.ours), none: median(t.none) };
-  const f = (x) => x.toFixed(1);
-  console.log(`podman run --rm --rootfs <busybox> /bin/true — ${RUNS} runs each, interleaved, medians (list: ${plugins.join(', ')})`);
+  const lines = engineLog(machineId, since);
+  const others = enginesOf([OUR_EXE]).filter((e) => e.id !== machineId);
+  const m = Object.fromEntries([...MODES, 'none'].map((w) => [w, median(t[w])]));
+  const base = BASE.podman ?? {};
+  const share = (w) => m[w] - m.none;
+  console.log(`podman run --rm --rootfs <busybox> /bin/true — ${RUNS} runs each, one warm-up round, interleaved, medians (list: ${plugins.join(', ')})`);
   if (ours.borrowed.length) console.log(`"ours" took from ${REF}: ${ours.borrowed.join(', ')}`);
-  console.log('| network | cni-ts (ms) | reference (ms) | ratio ours/ref |');
-  console.log('|---|---:|---:|---:|');
-  console.log(`| ${NET.replace(/-\d+$/, '')} (podman's list) | ${f(m.ours)} | ${f(m.ref)} | ${(m.ours / m.ref).toFixed(2)} |`);
-  console.log(`| none (podman + runc alone) | ${f(m.none)} | ${f(m.none)} | — |`);
-  console.log(`| CNI share (list − none) | ${f(m.ours - m.none)} | ${f(m.ref - m.none)} | ${((m.ours - m.none) / (m.ref - m.none)).toFixed(2)} |`);
+  console.log('');
+  console.log(`| network | reference (ms) | ours exec (ms) | exec / ref | ours engine (ms) | engine / ref | exec on ${BASE.date} (ms) |`);
+  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  console.log(`| ${NET.replace(/-\d+$/, '')} (podman's list) | ${fmt(m.ref)} | ${fmt(m.exec)} | ${ratio(m.exec, m.ref)} | ${fmt(m.engine)} | ${ratio(m.engine, m.ref)} | ${fmt(base["cnits-bench (podman's list)"]?.ours)} |`);
+  console.log(`| none (podman + runc alone) | ${fmt(m.none)} | ${fmt(m.none)} | — | ${fmt(m.none)} | — | ${fmt(base['none (podman + runc alone)']?.ours)} |`);
+  console.log(`| CNI share (list − none) | ${fmt(share('ref'))} | ${fmt(share('exec'))} | ${ratio(share('exec'), share('ref'))} | ${fmt(share('engine'))} | ${ratio(share('engine'), share('ref'))} | ${fmt(base['CNI share (list − none)']?.ours)} |`);
+  const perRun = lines.length / RUNS;
+  const inEngine = lines.reduce((a, l) => a + l.ms, 0) / RUNS;
+  const byCmd = {};
+  for (const l of lines) byCmd[l.command] = (byCmd[l.command] ?? 0) + 1;
+  console.log('');
+  console.log(`Engine mode: the machine's engine (engine-${machineId}) answered ${fmt(perRun, 1)} requests per \`podman run\` (${Object.entries(byCmd).map(([k, n]) => `${k} ${fmt(n / RUNS, 1)}`).join(', ')}), ${fmt(inEngine)} ms of engine time per run (sum of its per-request times, queue included).`
+    + ` Exec mode (CNI_TS_ENGINE=off in podman's environment): ${leaks === 0 ? 'no request reached the engine' : `${leaks} requests reached the engine (the variable did not reach every plugin call)`}.`
+    + `${others.length ? ` Other engines our copy started: ${others.map((e) => e.id).join(', ')}.` : ''}`);
+  console.log(`RESULT ${JSON.stringify({ runs: RUNS, ref: m.ref, exec: m.exec, engine: m.engine, none: m.none, requestsPerRun: perRun, inEnginePerRun: inEngine, execLeaks: leaks })}`);
 } catch (e) {
   console.error(e instanceof Error ? e.message : e);
   process.exitCode = 1;
 } finally {
-  cleanup();
+  try {
+    cleanup();
+  } finally {
+    lock.release();
+  }
 }
