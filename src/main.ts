@@ -46,7 +46,7 @@ async function warmUp(): Promise<number> {
   const [skel, { readEnv }, { parseCniArgs }, { parseResult }] = await Promise.all([
     import('../lib/cni/skel.js'), import('../lib/cni/env.js'), import('../lib/cni/args.js'), import('../lib/cni/result.js'),
   ]);
-  await Promise.all([import('../lib/cni/delegate.js'), import('../lib/manager/cli.js')]);
+  await Promise.all([import('../lib/cni/delegate.js'), import('../manager/cli.js')]);
   const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/warm' }], ips: [{ address: '10.0.0.2/24', gateway: '10.0.0.1', interface: 0 }], routes: [{ dst: '0.0.0.0/0' }] };
   readEnv({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'warm', CNI_NETNS: '/run/netns/warm', CNI_IFNAME: 'eth0', CNI_PATH: '/nonexistent', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=warm' });
   parseResult(prevResult);
@@ -120,7 +120,7 @@ async function main(): Promise<number> {
   // In the binary argv is [exec, exec, ...args].
   const userArgs = process.argv.slice(2);
   if (basename(process.argv0 || '') === 'cni-manager' || userArgs[0] === 'cni-manager') {
-    const { managerMain } = await import('../lib/manager/cli.js');
+    const { managerMain } = await import('../manager/cli.js');
     return managerMain(userArgs[0] === 'cni-manager' ? userArgs.slice(1) : userArgs);
   }
   const name = pluginName();

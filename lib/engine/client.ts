@@ -9,7 +9,7 @@ import { buildId, enginePaths } from './server.js';
 
 /**
  * The engine's client for Node callers (cni-manager and the service-manager
- * library, lib/manager/exec.ts): the same steps as native/client.c
+ * library, manager/exec.ts): the same steps as native/client.c
  * (docs/engine.md, "Client, step by step") without a client process. Only
  * for plugins of this very install (their CNI_PATH entry links to the
  * `cni-ts-client` beside this binary), so the engine is of this build.

@@ -358,3 +358,32 @@ export async function transaction<T>(family: IpFamily, table: string, plan: (p: 
     }
   });
 }
+
+/** A rule as CHECK looks for it (lib/pf/check.ts): chain and normal-form spec. */
+export const ruleKeyOf = (r: Rule) => `${r.chain} ${r.spec.join(' ')}`;
+export const expectedRule = (r: Rule) => ({ key: ruleKeyOf(r), show: `-A ${r.chain} ${r.spec.join(' ')}` });
+/** Every rule of a saved table as CHECK keys. */
+export const ruleKeys = (state: TableState): Set<string> => new Set(state.rules.map(ruleKeyOf));
+
+/**
+ * DEL of known rules, written once: one iptables-restore deleting exactly
+ * these rules (and then flushing and removing `chains`); should any be
+ * missing, the whole restore fails and changes nothing, and one locked
+ * save-plan-restore removes whatever of them is really there.
+ */
+export async function deleteExactly(family: IpFamily, table: string, rules: Rule[], chains: string[] = []): Promise<void> {
+  if (rules.length === 0 && chains.length === 0) return;
+  try {
+    const batch = new Batch(table);
+    for (const r of rules) batch.delete(r);
+    for (const c of chains) batch.flushChain(c).deleteChain(c);
+    await apply(family, [batch]);
+    return;
+  } catch {
+    // fall through: read what is there
+  }
+  await transaction(family, table, (p) => {
+    for (const r of rules) p.delete(r);
+    for (const c of chains) p.removeChain(c);
+  });
+}

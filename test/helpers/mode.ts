@@ -45,7 +45,7 @@ export function inNetns(ns: string): string[] {
 /**
  * The test process's own environment, for code that runs plugins from
  * inside it and passes on only what it finds there (the service-manager
- * library, lib/manager/exec.ts): CNI_TS_ENGINE=off in exec mode, unset in
+ * library, manager/exec.ts): CNI_TS_ENGINE=off in exec mode, unset in
  * engine mode. Called once per test file by the setup file
  * (test/helpers/mode-setup.ts).
  */

@@ -54,7 +54,7 @@ describe('a conflist through libcni', () => {
     expect(bad.stderr).toMatch(/10\.91\.0\.50/);
 
     // The cache libcni wrote is one our service manager library reads.
-    const { ResultCache } = await import('../../lib/manager/cache.js');
+    const { ResultCache } = await import('../../manager/cache.js');
     const cached = new ResultCache(join(sb.dir, 'cache')).list('libcninet');
     expect(cached).toHaveLength(1);
     expect(cached[0]).toMatchObject({ kind: 'cniCacheV1', networkName: 'libcninet', ifName: 'eth0', capabilityArgs: { ips: ['10.91.0.50/24'] } });

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, Sandbox, sh } from '../helpers/sandbox.js';
 import { modeEnvArgs } from '../helpers/mode.js';
-import { execPlugin, PluginError } from '../../lib/manager/exec.js';
-import { CniManager } from '../../lib/manager/network.js';
+import { execPlugin, PluginError } from '../../manager/exec.js';
+import { CniManager } from '../../manager/network.js';
 
 let sb: Sandbox;
 beforeEach(() => {
@@ -34,7 +34,7 @@ describe('service manager library', () => {
   it('validateNetworkList checks binaries and versions; reconcile DELs attachments whose namespace is gone', async () => {
     // This library runs in the test process, in the machine's own network namespace, where an engine
     // would be shared with podman's and containerd's tests (which take hostNetLock; this one does not):
-    // plugins run by exec here in both modes (lib/manager/exec.ts passes CNI_TS_ENGINE on from process.env).
+    // plugins run by exec here in both modes (manager/exec.ts passes CNI_TS_ENGINE on from process.env).
     const saved = process.env.CNI_TS_ENGINE;
     process.env.CNI_TS_ENGINE = 'off';
     try {

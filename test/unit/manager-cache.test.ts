@@ -2,8 +2,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ResultCache } from '../../lib/manager/cache.js';
-import { CniManager, parseNetworkList } from '../../lib/manager/network.js';
+import { ResultCache } from '../../manager/cache.js';
+import { CniManager, parseNetworkList } from '../../manager/network.js';
 
 let dir: string;
 beforeEach(() => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { openDb, periodStart, TrafficMonitor, type Iptables } from '../../lib/manager/traffic.js';
+import { openDb, periodStart, TrafficMonitor, type Iptables } from '../../manager/traffic.js';
 import { parseSave, type Batch, type TableState } from '../../lib/iptables/index.js';
 
 describe('accounting periods (UTC)', () => {

@@ -1,5 +1,5 @@
 import { writeSync } from 'node:fs';
-import { readRegularFile } from '../exec/files.js';
+import { readRegularFile } from '../lib/exec/files.js';
 import { CniManager, ListError, parseNetworkList, type RuntimeConf } from './network.js';
 import { PluginError } from './exec.js';
 

@@ -2,8 +2,8 @@ import { closeSync, constants, fchmodSync, fstatSync, mkdirSync, openSync } from
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { z } from 'zod';
-import { trace } from '../cni/trace.js';
-import { apply, Batch, save, transaction, withIptablesLock, type Rule } from '../iptables/index.js';
+import { trace } from '../lib/cni/trace.js';
+import { apply, Batch, save, transaction, withIptablesLock, type Rule } from '../lib/iptables/index.js';
 
 /**
  * The traffic monitor of the Aos service manager: per-instance download

@@ -4,8 +4,8 @@ import { writeSync } from 'node:fs';
 import { z } from 'zod';
 import { ensureSystemChains, openDb, period, TrafficMonitor, type Instance, type Usage } from './traffic.js';
 import type { CniManager, NetworkList } from './network.js';
-import { stdHashHex } from '../iptables/stdhash.js';
-import { CniError } from '../cni/errors.js';
+import { stdHashHex } from '../lib/iptables/stdhash.js';
+import { CniError } from '../lib/cni/errors.js';
 
 const limit = z.object({ download: z.number().int().nonnegative().optional(), upload: z.number().int().nonnegative().optional() }).strict();
 export type Limit = z.infer<typeof limit>;

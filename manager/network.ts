@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { execPlugin, findPlugin, PluginError, type ExecOptions } from './exec.js';
 import { ResultCache, type CacheEntry } from './cache.js';
-import { compareVersions } from '../cni/version.js';
+import { compareVersions } from '../lib/cni/version.js';
 import { networkList, type NetworkList, type PluginConf } from './schema.js';
 
 /**

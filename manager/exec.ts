@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { basename, join } from 'node:path';
-import { callEngine, engineDisabled, isOurClient } from '../engine/client.js';
+import { callEngine, engineDisabled, isOurClient } from '../lib/engine/client.js';
 
 /**
  * Runs one CNI plugin the way a runtime does: found through CNI_PATH, its
