@@ -5,8 +5,10 @@ BIN := bin/cni-ts
 # The test build of the same source: test hooks armed (lib/cni/hooks.ts).
 # Built for the tests only; never installed.
 TEST_BIN := .build/test-bin/cni-ts
-PLUGINS := bridge host-local firewall aos-firewall dnsname bandwidth traffic-accounting portmap tuning loopback
-SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs package-lock.json
+# The plugin names: plugins/registry.json, read through scripts/registry.mjs (as the build and
+# the benchmarks read it). `=`: read only by the targets that use it.
+PLUGINS = $(shell node scripts/registry.mjs)
+SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs scripts/registry.mjs package-lock.json
 CNITOOL := test/tools/cnitool/cnitool
 
 .PHONY: all build test-build deps test test-full unit integration bench install demo typecheck clean
@@ -83,12 +85,17 @@ bench: build $(CNITOOL)
 demo: build
 	node scripts/demo.mjs
 
+# Every registered plugin or none: bin/ must have each one's link before
+# anything is copied, and $(DESTDIR) must have them all after (a list read
+# wrong would otherwise skip plugins without a word).
 install: build
+	node scripts/registry.mjs --check-bin bin
 	mkdir -p $(DESTDIR)
 	install -m 0755 $(BIN) $(DESTDIR)/cni-ts
 	install -m 0755 bin/cni-ts-client $(DESTDIR)/cni-ts-client
-	for p in $(PLUGINS); do ln -sfn cni-ts-client $(DESTDIR)/$$p; done
+	for p in $(PLUGINS); do ln -sfn cni-ts-client $(DESTDIR)/$$p || exit 1; done
 	ln -sfn cni-ts $(DESTDIR)/cni-manager
+	node scripts/registry.mjs --check-bin $(DESTDIR)
 
 clean:
 	rm -rf bin .build

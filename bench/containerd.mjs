@@ -26,6 +26,7 @@ import {
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { registered } from '../scripts/registry.mjs';
 import {
   engineFilesNow, engineId, engineLog, enginePid, enginesOf, exeOf, fmt, hostNetLock, iptablesRestore, iptablesState, killByCmdline, median,
   MODES, modeEnv, mountsBelow, nsIno, order, ratio, removeEngineFiles, sleep, stopEngine, waitEngine,
@@ -35,7 +36,8 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 15);
 const REF = '/usr/lib/cni';
 const OURS = process.env.BENCH_CONTAINERD_OURS ?? join(root, 'bin');
-const PLUGINS = ['bridge', 'host-local', 'portmap', 'loopback'];
+// The plugins containerd's two lists run (a subset of plugins/registry.json).
+const PLUGINS = registered(['bridge', 'host-local', 'portmap', 'loopback']);
 const NS = 'cnitsb';
 const CACHE = '/var/lib/cni/results';
 

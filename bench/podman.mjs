@@ -27,6 +27,7 @@ import {
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { registered } from '../scripts/registry.mjs';
 import {
   engineFilesNow, engineId, engineLog, enginePid, enginesOf, exeOf, fmt, hostNetLock, iptablesRestore, iptablesState, killByCmdline, median,
   MODES, modeEnv, mountsBelow, order, ratio, removeEngineFiles, sleep, stopEngine,
@@ -37,7 +38,8 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 15);
 const REF = '/usr/lib/cni';
 const OURS = process.env.BENCH_PODMAN_OURS ?? join(root, 'bin');
 const BORROW = (process.env.BENCH_PODMAN_BORROW ?? '').split(',').filter(Boolean);
-const PLUGINS = ['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'dnsname', 'loopback'];
+// The plugins podman's default list runs (a subset of plugins/registry.json).
+const PLUGINS = registered(['bridge', 'host-local', 'portmap', 'firewall', 'tuning', 'dnsname', 'loopback']);
 const NET = `cnits-bench-${process.pid}`;
 const BASE = JSON.parse(readFileSync(join(root, 'bench/baseline-exec.json'), 'utf8'));
 

@@ -32,6 +32,8 @@ options:
   --db PATH          traffic database (SQLite; default <cache-dir>/traffic.db)
   --period P         accounting period: minute, hour, day (default), month, year
   --limits JSON      per-instance limits in bytes, e.g. '{"inst-1":{"download":1000000}}'
+  --backend B        traffic/serve: iptables or nftables for the system counters (default: the list's
+                     traffic-accounting backend); instances are read where they were added
   --interval SEC     serve: seconds between collections (default 60)
   --metrics-port N   serve: Prometheus text metrics on 127.0.0.1:N (a port in use: exit 1 at once)
   --help             this text

@@ -4,7 +4,8 @@ import { writeSync } from 'node:fs';
 import { z } from 'zod';
 import { ensureSystemChains, openDb, period, TrafficMonitor, type Instance, type Usage } from './traffic.js';
 import type { CniManager, NetworkList } from './network.js';
-import { stdHashHex } from '../lib/iptables/stdhash.js';
+import { chainsFor, DEFAULT_BACKEND } from '../lib/pf/accounting/layout.js';
+import { backendName, chooseBackend, type Backend } from '../lib/pf/backend.js';
 import { CniError } from '../lib/cni/errors.js';
 
 const limit = z.object({ download: z.number().int().nonnegative().optional(), upload: z.number().int().nonnegative().optional() }).strict();
@@ -39,9 +40,31 @@ const trafficOptions = z.object({
   interval: z.coerce.number().positive().max(86_400).default(60),
   'metrics-port': z.coerce.number().int().min(1).max(65_535).optional(),
   limits: z.string().optional(),
+  /** Where the monitor's system counters go (instances are read where their plugin put them). */
+  backend: backendName.optional(),
 });
 
-/** The instances of a list that carry traffic-accounting, from the result cache. */
+/**
+ * The backend a traffic-accounting entry's counters are in, decided as the
+ * plugin decided it: its `backend` when configured, else the plugin's
+ * default where usable, else the other one.
+ */
+export function backendOf(entry: Record<string, unknown> | undefined): Backend {
+  const configured = backendName.safeParse(entry?.backend);
+  if (configured.success) return configured.data;
+  try {
+    return chooseBackend(undefined, DEFAULT_BACKEND, 'traffic-accounting backend');
+  } catch {
+    return DEFAULT_BACKEND; // neither tool: the read fails and says so
+  }
+}
+
+/**
+ * The instances of a list that carry traffic-accounting, from the result
+ * cache, each with the backend its counters are in: read from the config
+ * the instance was added with (the cache keeps it), so a list whose
+ * backend changed still has its older instances read where they are.
+ */
 export function instancesOf(list: NetworkList, mgr: CniManager, limits: ReadonlyMap<string, Limit>): Instance[] {
   const out: Instance[] = [];
   for (const e of mgr.cache.list(list.name)) {
@@ -55,8 +78,8 @@ export function instancesOf(list: NetworkList, mgr: CniManager, limits: Readonly
     const ip = ((e.result?.ips as { address: string }[] | undefined) ?? []).map((x) => x.address.split('/')[0]).find((x) => !x.includes(':'));
     if (!ta || !ip) continue;
     const id = typeof ta.instanceId === 'string' ? ta.instanceId : e.containerId;
-    const h = stdHashHex(id);
-    out.push({ id, ip, inChain: `AOS_${h}_IN`, outChain: `AOS_${h}_OUT`, downloadLimit: limits.get(id)?.download, uploadLimit: limits.get(id)?.upload });
+    const c = chainsFor(id);
+    out.push({ id, ip, inChain: c.in, outChain: c.out, downloadLimit: limits.get(id)?.download, uploadLimit: limits.get(id)?.upload, backend: backendOf(ta) });
   }
   return out;
 }
@@ -144,11 +167,13 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
   }
   const opts = parsed.data;
   const limits = parseLimits(opts.limits);
+  // The system counters: --backend, else the list's traffic-accounting backend (as its plugin decides it).
+  const system = opts.backend ?? backendOf(list.plugins.find((p) => p.type === 'traffic-accounting') as Record<string, unknown> | undefined);
   const db = await openDb(opts.db ?? join(mgr.cache.dir, 'traffic.db'));
-  const monitor = new TrafficMonitor(db, opts.period);
+  const monitor = new TrafficMonitor(db, opts.period, undefined, { system });
   try {
     if (command === 'traffic') {
-      await ensureSystemChains();
+      await ensureSystemChains(system);
       const instances = instancesOf(list, mgr, limits);
       const t0 = performance.now();
       const usage = await monitor.collect(instances);
@@ -156,7 +181,7 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
       writeSync(1, table(usage));
       return 0;
     }
-    return await serve(list, mgr, monitor, limits, opts.interval * 1000, opts['metrics-port']);
+    return await serve(list, mgr, monitor, limits, opts.interval * 1000, opts['metrics-port'], system);
   } finally {
     db.close();
   }
@@ -171,7 +196,7 @@ export async function trafficCommand(command: 'traffic' | 'serve', list: Network
  * count the failures. SIGTERM or SIGINT ends it after the collection in
  * progress, exit 0.
  */
-async function serve(list: NetworkList, mgr: CniManager, monitor: TrafficMonitor, limits: ReadonlyMap<string, Limit>, everyMs: number, port: number | undefined): Promise<number> {
+async function serve(list: NetworkList, mgr: CniManager, monitor: TrafficMonitor, limits: ReadonlyMap<string, Limit>, everyMs: number, port: number | undefined, system: Backend): Promise<number> {
   const state: MetricsState = { usage: [], collectMs: 0, failures: 0, lastSuccess: 0 };
   let server: Server | undefined;
   if (port !== undefined) {
@@ -195,7 +220,7 @@ async function serve(list: NetworkList, mgr: CniManager, monitor: TrafficMonitor
   const tick = async (): Promise<number> => {
     try {
       // Made at start and again should someone remove them: the monitor owns them.
-      if (!systemChains) await ensureSystemChains();
+      if (!systemChains) await ensureSystemChains(system);
       systemChains = true;
       const t0 = performance.now();
       const usage = await monitor.collect(instancesOf(list, mgr, limits));

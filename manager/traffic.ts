@@ -2,17 +2,26 @@ import { closeSync, constants, fchmodSync, fstatSync, mkdirSync, openSync } from
 import { dirname } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { z } from 'zod';
-import { trace } from '../lib/cni/trace.js';
-import { apply, Batch, save, transaction, withIptablesLock, type Rule } from '../lib/iptables/index.js';
+import { FP, trace } from '../lib/cni/trace.js';
+import { withIptablesLock } from '../lib/iptables/index.js';
+import { cleanupBackends, type Backend } from '../lib/pf/backend.js';
+import { collector, type Collector, type Direction, type Snapshot, type Swap } from '../lib/pf/accounting/index.js';
+import { IptablesCollector, type Iptables } from '../lib/pf/accounting/iptables.js';
+import { SYSTEM_IN, SYSTEM_OUT } from '../lib/pf/accounting/layout.js';
+
+export type { Iptables };
 
 /**
  * The traffic monitor of the Aos service manager: per-instance download
- * and upload totals read from the accounting chains' byte counters (one
- * `iptables-save -c` per collection, whatever the number of instances),
+ * and upload totals read from the accounting counters (one read per
+ * collection and backend in use, whatever the number of instances:
+ * `iptables-save -c`, or `nft -j list table inet cni_ts_accounting`;
+ * lib/pf/accounting),
  * kept in SQLite (WAL) so they survive restarts and chain re-creation,
  * reset at the start of each accounting period (UTC), and enforced: an
- * instance over its limit has its counting rule swapped for DROP until the
- * next period.
+ * instance over its limit has its traffic dropped (iptables: its counting
+ * rule swapped for DROP; nftables: its address in the blocked set) until
+ * the next period.
  */
 export const period = z.enum(['minute', 'hour', 'day', 'month', 'year']);
 export type Period = z.infer<typeof period>;
@@ -43,6 +52,8 @@ export interface Instance {
   outChain: string;
   downloadLimit?: number;
   uploadLimit?: number;
+  /** The backend its counters are in (the traffic-accounting plugin's); iptables when unset. */
+  backend?: Backend;
 }
 
 export interface Usage {
@@ -113,56 +124,49 @@ export async function openDb(path: string): Promise<Db> {
 const isBusy = (err: unknown) => ((err as { errcode?: number }).errcode ?? 0) % 256 === 5;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export const SYSTEM_IN = 'AOS_SYSTEM_IN';
-export const SYSTEM_OUT = 'AOS_SYSTEM_OUT';
-export const LOCAL_RANGES = ['127.0.0.0/8', '10.0.0.0/8', '192.168.0.0/16', '172.16.0.0/12'];
-
-/**
- * The host's own traffic with the outside: AOS_SYSTEM_IN (from INPUT) and
- * AOS_SYSTEM_OUT (from OUTPUT), RETURN for the local ranges, then a rule
- * without match or target whose counter is the total.
- */
-export async function ensureSystemChains(): Promise<void> {
-  await transaction(4, 'filter', (p) => {
-    for (const [chain, parent, flag] of [[SYSTEM_IN, 'INPUT', '-s'], [SYSTEM_OUT, 'OUTPUT', '-d']] as const) {
-      p.ensureChain(chain);
-      if (p.rulesOf(chain).length === 0) {
-        for (const r of LOCAL_RANGES) p.appendUnique({ chain, spec: [flag, r, '-j', 'RETURN'] });
-        p.appendUnique({ chain, spec: [] });
-      }
-      p.insertUnique({ chain: parent, spec: ['-j', chain] });
-    }
-  });
+/** The monitor's counters of the host's own traffic, in `backend` (default iptables, as before backends existed). */
+export async function ensureSystemChains(backend: Backend = 'iptables'): Promise<void> {
+  await (await collector(backend)).ensureSystem();
 }
 
+/** traffic-off: the system counters removed in every usable backend (fine when none are there). */
 export async function removeSystemChains(): Promise<void> {
-  await transaction(4, 'filter', (p) => p.removeChain(SYSTEM_IN).removeChain(SYSTEM_OUT));
+  for (const b of cleanupBackends(undefined)) await (await collector(b)).removeSystem();
 }
 
-const countRule = (chain: string, flag: '-s' | '-d', ip: string): Rule => ({ chain, spec: [flag, `${ip}/32`] });
-const dropRule = (chain: string, flag: '-s' | '-d', ip: string): Rule => ({ chain, spec: [flag, `${ip}/32`, '-j', 'DROP'] });
-
-/** The iptables operations the monitor uses (unit tests give a fake). */
-export interface Iptables {
-  save: typeof save;
-  apply: typeof apply;
-  /** The per-namespace iptables lock (default withIptablesLock). */
+/** Where the monitor reads: a collector per backend, the lock, and the backend of the system counters. */
+export interface MonitorBackends {
+  collectors?: Partial<Record<Backend, Collector>>;
+  /** The per-namespace lock plugins take too (default withIptablesLock). */
   lock?: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** The backend whose system counters (AOS_SYSTEM_IN/OUT) are read (default iptables). */
+  system?: Backend;
 }
 
 export class TrafficMonitor {
   private readonly q;
   private readonly lock: <T>(fn: () => Promise<T>) => Promise<T>;
+  private readonly collectors: Partial<Record<Backend, Collector>>;
+  private readonly systemBackend: Backend;
 
   constructor(
     private readonly db: Db,
     private readonly period: Period = 'day',
     private readonly now: () => Date = () => new Date(),
-    private readonly ipt: Iptables = { save, apply },
+    /** The backends to read: collectors (default: each backend's own, loaded when used), or iptables operations alone (unit tests' fakes). */
+    source: MonitorBackends | Iptables = {},
     /** How long a collection waits for another connection's SQLite write lock before failing. */
     private readonly busyMs = 5000,
   ) {
-    this.lock = ipt.lock ?? withIptablesLock;
+    if ('save' in source) {
+      this.collectors = { iptables: new IptablesCollector(source) };
+      this.lock = source.lock ?? withIptablesLock;
+      this.systemBackend = 'iptables';
+    } else {
+      this.collectors = { ...(source.collectors ?? {}) };
+      this.lock = source.lock ?? withIptablesLock;
+      this.systemBackend = source.system ?? 'iptables';
+    }
     // Prepared once: a collection touches every chain.
     this.q = {
       block: db.prepare('INSERT OR REPLACE INTO blocked (chain, time) VALUES (?, ?)'),
@@ -173,6 +177,10 @@ export class TrafficMonitor {
       putLast: db.prepare("INSERT INTO counters (chain, last) SELECT value->>'$[0]', value->>'$[1]' FROM json_each(?) WHERE true ON CONFLICT(chain) DO UPDATE SET last = excluded.last"),
       putTotals: db.prepare("INSERT INTO traffic (chain, time, value) SELECT value->>'$[0]', value->>'$[1]', value->>'$[2]' FROM json_each(?) WHERE true ON CONFLICT(chain) DO UPDATE SET time = excluded.time, value = excluded.value"),
     };
+  }
+
+  private async collectorOf(b: Backend): Promise<Collector> {
+    return (this.collectors[b] ??= await collector(b));
   }
 
   /** BEGIN IMMEDIATE, waiting (asynchronously) up to busyMs for another connection's write. */
@@ -192,22 +200,24 @@ export class TrafficMonitor {
   /**
    * Reads every counter once and updates totals, periods and limits.
    *
-   * One cycle under two locks: SQLite's write lock, then the iptables lock
-   * (every monitor takes them in this order and plugins take only the
-   * second, so none waits for the other in a circle; a monitor waiting for
-   * SQLite holds up no plugin). Under both: read the counters, stage the
-   * new totals and baselines, apply the rule swaps, and only then commit.
-   * A failed apply rolls everything back, so totals, baselines and block
-   * states keep matching the rules that are still in place and the next
-   * collection counts from there (committing first set the baseline of a
-   * counting rule that stayed to 0, and the next collection counted its
-   * bytes twice). Left: a COMMIT failing after a successful apply, which in
-   * WAL with the write lock held takes an I/O error; then a swap is not
-   * recorded, and the next collections undo it and count from the new rule
-   * (bytes since the last commit go uncounted, none twice).
+   * One cycle under two locks: SQLite's write lock, then the per-namespace
+   * lock the plugins take (every monitor takes them in this order and
+   * plugins take only the second, so none waits for the other in a circle;
+   * a monitor waiting for SQLite holds up no plugin). Under both: read the
+   * counters, stage the new totals and baselines, apply the swaps, and only
+   * then commit. A failed apply rolls everything back, so totals, baselines
+   * and block states keep matching the rules that are still in place and
+   * the next collection counts from there (committing first set the
+   * baseline of a counting rule that stayed to 0, and the next collection
+   * counted its bytes twice). Left: a COMMIT failing after a successful
+   * apply, which in WAL with the write lock held takes an I/O error; then a
+   * swap is not recorded, and the next collections undo it and count from
+   * the new rule (bytes since the last commit go uncounted, none twice).
+   * With instances in both backends, a failure applying the second one's
+   * swaps after the first one's succeeded is the same case.
    */
   async collect(instances: Instance[]): Promise<Usage[]> {
-    trace('collect: start');
+    trace(FP.collect.start);
     await this.begin();
     let committed = false;
     try {
@@ -215,7 +225,7 @@ export class TrafficMonitor {
         const usage = await this.cycle(instances);
         this.db.exec('COMMIT');
         committed = true;
-        trace('collect: totals stored');
+        trace(FP.collect.totalsStored);
         return usage;
       });
     } finally {
@@ -229,35 +239,30 @@ export class TrafficMonitor {
     }
   }
 
-  /** The body of collect, in its transaction and under the iptables lock: read, stage, apply. */
+  /** The body of collect, in its transaction and under the lock: read (once per backend in use), stage, apply. */
   private async cycle(instances: Instance[]): Promise<Usage[]> {
-    const table = await this.ipt.save(4, 'filter', { counters: true, keep: (line) => line.includes(' AOS_') });
-    trace('collect: saved and parsed');
+    const used = new Set<Backend>([this.systemBackend, ...instances.map((i) => i.backend ?? 'iptables')]);
+    const snaps = new Map<Backend, Snapshot>();
+    for (const b of used) snaps.set(b, await (await this.collectorOf(b)).snapshot());
+    trace(FP.collect.savedAndParsed);
     const start = periodStart(this.now(), this.period);
-    const byChain = new Map<string, Rule[]>();
-    for (const r of table.rules) {
-      const list = byChain.get(r.chain) ?? [];
-      list.push(r);
-      byChain.set(r.chain, list);
-    }
-    const batch = new Batch('filter');
+    const swaps = new Map<Backend, Swap[]>([...used].map((b) => [b, []]));
     const usage: Usage[] = [];
     const lastMap = new Map((this.q.allLast.all() as { chain: string; last: number }[]).map((r) => [r.chain, Number(r.last)]));
     const totMap = new Map((this.q.allTotals.all() as { chain: string; time: number; value: number }[]).map((r) => [r.chain, { time: Number(r.time), value: Number(r.value) }]));
     const newLast = new Map<string, number>();
     const newTot = new Map<string, [number, number]>();
     for (const inst of instances) {
-      const dirs = [
-        { chain: inst.inChain, flag: '-d' as const, limit: inst.downloadLimit },
-        { chain: inst.outChain, flag: '-s' as const, limit: inst.uploadLimit },
+      const backend = inst.backend ?? 'iptables';
+      const snap = snaps.get(backend)!;
+      const dirs: { d: Direction; limit?: number }[] = [
+        { d: { chain: inst.inChain, dir: 'in', ip: inst.ip }, limit: inst.downloadLimit },
+        { d: { chain: inst.outChain, dir: 'out', ip: inst.ip }, limit: inst.uploadLimit },
       ];
       const totals: number[] = [];
       let blocked = false;
-      for (const d of dirs) {
-        const rules = byChain.get(d.chain) ?? [];
-        const counting = rules.find((r) => r.spec.length === 2 && r.spec[0] === d.flag && r.spec[1] === `${inst.ip}/32`);
-        const dropping = rules.find((r) => r.spec.join(' ') === dropRule(d.chain, d.flag, inst.ip).spec.join(' '));
-        const raw = Number(counting?.counters?.bytes ?? 0n);
+      for (const { d, limit } of dirs) {
+        const { counting, bytes: raw, dropping } = snap.read(d);
         const last = lastMap.get(d.chain);
         // A counter below the last reading means the chain was re-created: count from zero.
         const delta = counting ? (last !== undefined && raw >= last ? raw - last : raw) : 0;
@@ -266,26 +271,26 @@ export class TrafficMonitor {
         const value = (row && row.time === start ? row.value : 0) + delta; // a new period starts from zero
         newTot.set(d.chain, [start, value]);
         totals.push(value);
-        const over = d.limit !== undefined && d.limit > 0 && value > d.limit;
+        const over = limit !== undefined && limit > 0 && value > limit;
         if (over && counting && !dropping) {
-          // Swap the counting rule for DROP (the reading above already took its bytes).
-          batch.delete(counting).append(dropRule(d.chain, d.flag, inst.ip));
+          // Block (the reading above already took its bytes); the counter starts again from zero.
+          swaps.get(backend)!.push({ d, to: 'drop' });
           this.q.block.run(d.chain, start);
           newLast.set(d.chain, 0);
         } else if (!over && dropping) {
-          // A new period (or a raised limit): count again.
-          batch.delete(dropping).append(countRule(d.chain, d.flag, inst.ip));
+          // A new period (or a raised limit): count again, from zero.
+          swaps.get(backend)!.push({ d, to: 'count' });
           this.q.unblock.run(d.chain);
           newLast.set(d.chain, 0);
         }
-        blocked ||= (over && counting !== undefined) || (over && dropping !== undefined);
+        blocked ||= (over && counting) || (over && dropping);
       }
       usage.push({ id: inst.id, download: totals[0], upload: totals[1], downloadLimit: inst.downloadLimit, uploadLimit: inst.uploadLimit, blocked });
     }
-    // The host's own traffic, when the system chains are there.
-    if (byChain.has(SYSTEM_IN) || byChain.has(SYSTEM_OUT)) {
-      const totals = [SYSTEM_IN, SYSTEM_OUT].map((chain) => {
-        const raw = Number((byChain.get(chain) ?? []).find((r) => r.spec.length === 0)?.counters?.bytes ?? 0n);
+    // The host's own traffic, when the system counters are there.
+    const system = snaps.get(this.systemBackend)!.system();
+    if (system) {
+      const totals = ([[SYSTEM_IN, system.in], [SYSTEM_OUT, system.out]] as const).map(([chain, raw]) => {
         const last = lastMap.get(chain);
         const delta = last !== undefined && raw >= last ? raw - last : raw;
         newLast.set(chain, raw);
@@ -298,7 +303,8 @@ export class TrafficMonitor {
     }
     this.q.putLast.run(JSON.stringify([...newLast]));
     this.q.putTotals.run(JSON.stringify([...newTot].map(([c, [t, v]]) => [c, t, v])));
-    await this.ipt.apply(4, [batch]); // throws on failure: collect rolls the staged rows back
+    // Throws on failure: collect rolls the staged rows back.
+    for (const [b, list] of swaps) await (await this.collectorOf(b)).apply(snaps.get(b)!, list);
     return usage;
   }
 }

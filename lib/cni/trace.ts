@@ -1,9 +1,12 @@
+import type { Failpoint } from './failpoints.js';
 import { testHook, TEST_HOOKS } from './hooks.js';
 
 export { testHook };
+export { FP, type Failpoint } from './failpoints.js';
 
 /**
- * Named points of a plugin's work, for two uses:
+ * Named points of a plugin's work (the constants of lib/cni/failpoints.ts,
+ * `trace(FP.bridge.vethCreated)`: no other string is one), for two uses:
  *  - CNI_TS_TRACE=1: phase timings on stderr (`make bench` investigations).
  *    Honoured by the shipped binary too: it only prints (the label and the
  *    time since start) on stderr, which the runtime shows or drops, and
@@ -34,7 +37,7 @@ function init(): 0 | 1 {
   return tracing || killLabel !== undefined ? 1 : 0;
 }
 
-export function trace(what: string): void {
+export function trace(what: Failpoint): void {
   if ((state ??= init()) === 0) return;
   if (tracing) process.stderr.write(`[trace] ${performance.now().toFixed(1)} ms ${what}\n`);
   if (what === killLabel && ++hits === killAt) process.kill(process.pid, 'SIGKILL');

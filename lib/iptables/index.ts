@@ -1,6 +1,6 @@
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { run, start, type Started } from '../exec/index.js';
-import { failpoints, testHook, trace } from '../cni/trace.js';
+import { failpoints, FP, testHook, trace } from '../cni/trace.js';
 import { statSync } from 'node:fs';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { withFileLock } from '../exec/lock.js';
@@ -188,13 +188,13 @@ export async function apply(family: IpFamily, batches: Batch[], pending?: Pendin
   const lockFd = lockHeld.getStore();
   const r = await (proc ?? start(tool(family, 'restore'), RESTORE_ARGS, { inheritFds: lockFd === undefined ? [] : [lockFd] })).finish(
     input,
-    failpoints() ? () => trace('iptables: restore half written') : undefined,
-    failpoints() ? () => trace('iptables: restore input written') : undefined,
+    failpoints() ? () => trace(FP.iptables.restoreHalfWritten) : undefined,
+    failpoints() ? () => trace(FP.iptables.restoreInputWritten) : undefined,
   );
   if (r.code !== 0) {
     throw new CniError(ErrorCode.IptablesFailed, `${tool(family, 'restore')} failed`, `${r.stderr.trim()}\ninput:\n${input}`);
   }
-  trace('iptables: restored');
+  trace(FP.iptables.restored);
 }
 
 export function sameRule(a: Rule, b: Rule): boolean {
@@ -325,7 +325,7 @@ const lockHeld = new AsyncLocalStorage<number>();
 
 export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
   if (lockHeld.getStore() !== undefined) return fn();
-  trace('iptables: locking');
+  trace(FP.iptables.locking);
   const ns = '/proc/thread-self/ns/net';
   return withFileLock(ns, {
     readOnly: true,
@@ -343,12 +343,12 @@ export async function withIptablesLock<T>(fn: () => Promise<T>): Promise<T> {
 export async function transaction<T>(family: IpFamily, table: string, plan: (p: TablePlan) => T, opts: { counters?: boolean } = {}): Promise<T> {
   return withIptablesLock(async () => {
     for (let attempt = 0; ; attempt++) {
-      trace('iptables: lock held');
+      trace(FP.iptables.lockHeld);
       const state = await save(family, table, opts);
-      trace('iptables: saved');
+      trace(FP.iptables.saved);
       const p = new TablePlan(table, state);
       const out = plan(p);
-      trace('iptables: planned');
+      trace(FP.iptables.planned);
       try {
         await apply(family, [p.batch]);
         return out;

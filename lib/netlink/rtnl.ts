@@ -18,6 +18,7 @@ const IFLA_BR_VLAN_FILTERING = 7;
 const IFLA_VLAN_ID = 1;
 const IFLA_BRPORT_MODE = 4; // hairpin
 const RTM_SETLINK = 19;
+const RTM_DELLINK = 17;
 const IFLA_PROTINFO = 12;
 const IFLA_AF_SPEC = 26;
 const IFLA_BRIDGE_FLAGS = 0;
@@ -261,6 +262,11 @@ export class Rtnl {
     await this.sock.request(RTM_SETLINK, [ifinfomsg(AF_BRIDGE, index), nest(IFLA_AF_SPEC, ...spec)]);
   }
 
+  /** Removes a VLAN from a bridge port (bridge's preserveDefaultVlan: false), as `bridge vlan del dev <port> vid <vid>`. */
+  async bridgeVlanDel(index: number, vid: number): Promise<void> {
+    await this.sock.request(RTM_DELLINK, [bridgeVlanDelPayload(index, vid)]);
+  }
+
   async deleteLink(index: number): Promise<void> {
     await this.sock.delLink({ index });
   }
@@ -387,4 +393,17 @@ function u32le(v: number): Buffer {
 function scopeNumber(s: unknown): number {
   const names: Record<string, number> = { UNIVERSE: 0, SITE: 200, LINK: 253, HOST: 254, NOWHERE: 255 };
   return typeof s === 'string' ? (names[s] ?? 0) : 0;
+}
+
+/**
+ * The body (after the nlmsghdr) of the RTM_DELLINK request removing VLAN
+ * `vid` from bridge port `index`: ifinfomsg (AF_BRIDGE), IFLA_AF_SPEC
+ * holding IFLA_BRIDGE_VLAN_INFO {flags 0, vid}. Byte for byte what iproute2's
+ * `bridge vlan del` sends (IFLA_AF_SPEC without NLA_F_NESTED, as it and the
+ * reference's netlink library write it); test/unit/bridge-vlan.test.ts.
+ */
+export function bridgeVlanDelPayload(index: number, vid: number): Buffer {
+  const info = Buffer.alloc(4);
+  info.writeUInt16LE(vid, 2);
+  return Buffer.concat([ifinfomsg(AF_BRIDGE, index), attr(IFLA_AF_SPEC, attr(IFLA_BRIDGE_VLAN_INFO, info))]);
 }

@@ -1,20 +1,25 @@
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { save, transaction, withIptablesLock } from '../../lib/iptables/index.js';
 import { chainName } from '../../lib/iptables/names.js';
 import { portCount } from '../../lib/iptables/rule.js';
 import { canonicalIP, isCidr, isIP, parseCidr } from '../../lib/ip/index.js';
-import { which } from '../../lib/exec/index.js';
-import { aosFirewallConfig, type AosFirewallConfig } from './config.js';
+import { assertUsable, chooseBackend, cleanupBackends, inCleanupBackends, type Backend } from '../../lib/pf/backend.js';
+import { aosFirewall, lockedAll } from '../../lib/pf/aos/index.js';
+import { aosFirewallConfig, DEFAULT_BACKEND, type AosFirewallConfig } from './config.js';
 import { maskToBase64, StateFile, type AccessChain, type AccessRule } from './state.js';
-import { expectedRules, planAdd, planDel } from './rules.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * aos-firewall: per-instance isolation for the Aos service manager, with the
- * original's chain names and state file (see rules.ts for the layout).
+ * original's chain names and state file. The rules are the Aos instance
+ * firewall concern's (lib/pf/aos: iptables by default, nftables by
+ * `backend`); why each one, and how Aos chains this plugin:
+ * docs/aos-firewall.md.
  */
 type Ctx = PluginContext<AosFirewallConfig>;
+const WHAT = 'aos-firewall backend';
+/** The backend DEL cleans first (then the other, where usable). */
+const cleanupFirst = (cfg: AosFirewallConfig): Backend => cfg.backend || DEFAULT_BACKEND;
 const MAX_PORTS = 15;
 const bad = (msg: string, details = '') => new CniError(ErrorCode.InvalidNetworkConfig, msg, details);
 
@@ -115,54 +120,43 @@ export default definePlugin({
 
   async add(ctx) {
     const entry = await entryFor(ctx);
+    const fw = await aosFirewall(chooseBackend(ctx.config.backend, DEFAULT_BACKEND, WHAT));
     const state = new StateFile(ctx.config.runtimeStatePath);
-    // The iptables lock first, then the state file's (see withIptablesLock).
-    await withIptablesLock(() => state.update(async (map) => {
-      trace('aos-firewall: state locked');
+    // The backend's lock first (iptables: the namespace's), then the state file's (see withIptablesLock).
+    await fw.locked(() => state.update(async (map) => {
+      trace(FP.aosFirewall.stateLocked);
       const old = map.get(ctx.config.uuid);
-      // Written ahead: a crash after the restore must leave DEL the entry the rules are found by.
+      // Written ahead: a crash after the rules are applied must leave DEL the entry they are found by.
       // (Not when the entry changes address or chain: DEL must then still find the old rules.)
       if (!old || (old.address.IP === entry.address.IP && old.name === entry.name)) state.write(map.with(ctx.config.uuid, entry));
-      await transaction(4, 'filter', (p) => {
-        if (old && (old.address.IP !== entry.address.IP || old.name !== entry.name)) planDel(p, old);
-        planAdd(p, entry);
-      });
+      await fw.add(entry, old);
       map.set(ctx.config.uuid, entry);
     }));
     return ctx.prevResult!;
   },
 
-  /** By uuid: what was applied is in the state file, no prevResult needed. */
+  /** By uuid: what was applied is in the state file, no prevResult needed; cleaned in every usable backend. */
   async del(ctx) {
+    const first = cleanupFirst(ctx.config);
+    const impls = await Promise.all(cleanupBackends(first).map(aosFirewall));
     const state = new StateFile(ctx.config.runtimeStatePath);
-    await withIptablesLock(() => state.update(async (map) => {
+    await lockedAll(impls, () => state.update(async (map) => {
       const entry = map.get(ctx.config.uuid);
       const name = chainName(ctx.config.iptablesAdminChainName, ctx.config.uuid);
-      await transaction(4, 'filter', (p) => {
-        if (entry) planDel(p, entry);
-        // Without an entry (state file wiped) the instance chain is still found by name.
-        p.removeChain(name);
-      });
+      await inCleanupBackends(first, async (b) => impls.find((i) => i.backend === b)!.del(entry, name, ctx.config.uuid));
       map.delete(ctx.config.uuid);
     }));
   },
 
   async check(ctx) {
     const entry = await entryFor(ctx);
+    const fw = await aosFirewall(chooseBackend(ctx.config.backend, DEFAULT_BACKEND, WHAT));
     const stored = new StateFile(ctx.config.runtimeStatePath).read().get(ctx.config.uuid);
     if (!stored) throw new CniError(ErrorCode.CheckFailed, `instance ${ctx.config.uuid} is not in ${ctx.config.runtimeStatePath}`);
-    const filter = await save(4, 'filter');
-    const have = new Set(filter.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
-    for (const chain of ['AOS-FORWARD-PORT', 'AOS-FORWARD', 'AOS-OUTPUT', entry.name]) {
-      if (!filter.chains.has(chain)) throw new CniError(ErrorCode.CheckFailed, `chain ${chain} not found`);
-    }
-    for (const r of expectedRules(entry)) {
-      const line = `${r.chain} ${r.spec.join(' ')}`;
-      if (!have.has(line)) throw new CniError(ErrorCode.CheckFailed, 'expected iptables rule not found', `-A ${line}`);
-    }
+    await fw.check(entry);
   },
 
-  async status() {
-    if (!which('iptables-restore') || !which('iptables-save')) throw new CniError(ErrorCode.NotAvailable, 'iptables-restore / iptables-save not found');
+  async status(ctx) {
+    assertUsable(ctx.config.backend, DEFAULT_BACKEND, WHAT);
   },
 });

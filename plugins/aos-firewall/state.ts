@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { ownDir, readOwnFile, rewriteFd, UnsafePathError, withOwnFileLock, writeOwnFile } from '../../lib/exec/safefs.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { describeZodError } from '../../lib/cni/schema.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * The state file the Aos aos-firewall plugin keeps (default
@@ -180,10 +180,10 @@ export class StateFile {
     } catch (err) {
       refuse(err, this.journal);
     }
-    trace('aos-firewall: state journaled');
+    trace(FP.aosFirewall.stateJournaled);
     rewriteFd(fd, text);
     this.dropJournal();
-    trace('aos-firewall: state written');
+    trace(FP.aosFirewall.stateWritten);
   }
 
   private lockedFd(): number {

@@ -9,7 +9,7 @@ import {
   INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT, type TbfParams,
 } from '../../lib/netlink/tc.js';
 import { bandwidthConfig, directions, shaped, type BandwidthConfig, type Direction } from './config.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 import { ownerTag, staleOwned, validKeys } from '../../lib/cni/owner.js';
 
 /**
@@ -73,7 +73,7 @@ async function hostVeth(ctx: Ctx, host: Rtnl): Promise<LinkInfo | undefined> {
 async function install(nl: Rtnl, index: number, d: Direction): Promise<void> {
   if (d.netem) {
     await addQdisc(nl, index, TC_H_ROOT, handle(1), 'netem', encodeNetem({ ...d.netem, limit: NETEM_LIMIT }));
-    trace('bandwidth: netem added');
+    trace(FP.bandwidth.netemAdded);
     if (d.rate > 0) await addQdisc(nl, index, handle(1, 1), handle(10), 'tbf', encodeTbf(tbfParams(d)));
   } else if (d.rate > 0) {
     await addQdisc(nl, index, TC_H_ROOT, handle(1), 'tbf', encodeTbf(tbfParams(d)));
@@ -97,7 +97,7 @@ async function add(ctx: Ctx): Promise<Result> {
     const result: Result = { ...prev, interfaces: [...prev.interfaces] };
     try {
       if (shaped(dirs.ingress)) await install(host, veth.index, dirs.ingress);
-      trace('bandwidth: ingress shaped');
+      trace(FP.bandwidth.ingressShaped);
       if (shaped(dirs.egress)) {
         const name = ifbName(ctx.config.name, ctx.env.containerId);
         await host.createIfb(name, veth.mtu);
@@ -105,15 +105,15 @@ async function add(ctx: Ctx): Promise<Result> {
         ifbIndex = ifb.index;
         // Before the failpoint: an ifb that outlives a killed ADD carries its owner, so its network's GC removes it.
         await host.setAlias(ifb.index, ownerOf(ctx));
-        trace('bandwidth: ifb created');
+        trace(FP.bandwidth.ifbCreated);
         await host.setUp(ifb.index);
-        trace('bandwidth: ifb up');
+        trace(FP.bandwidth.ifbUp);
         await install(host, ifb.index, dirs.egress);
-        trace('bandwidth: egress shaped');
+        trace(FP.bandwidth.egressShaped);
         await addQdisc(host, veth.index, TC_H_INGRESS, INGRESS_HANDLE, 'ingress');
-        trace('bandwidth: ingress qdisc added');
+        trace(FP.bandwidth.ingressQdiscAdded);
         await addRedirectFilter(host, veth.index, ifb.index);
-        trace('bandwidth: redirect added');
+        trace(FP.bandwidth.redirectAdded);
         result.interfaces.push({ name, mac: ifb.mac });
       }
     } catch (err) {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { netConf, obj } from '../../lib/cni/schema.js';
+import { backendName } from '../../lib/pf/backend.js';
 
 const vlanId = z.number().int().min(0).max(4094);
 
@@ -14,12 +15,15 @@ export const bridgeConfig = netConf({
   isDefaultGateway: z.boolean().default(false),
   forceAddress: z.boolean().default(false),
   ipMasq: z.boolean().default(false),
+  // The reference's option: unset means iptables, or nftables where only nft is there (lib/pf/backend.ts).
+  ipMasqBackend: backendName.optional(),
   mtu: z.number().int().min(0).max(65535).default(0),
   hairpinMode: z.boolean().default(false),
   promiscMode: z.boolean().default(false),
   vlan: vlanId.default(0),
   vlanTrunk: z.array(obj({ id: vlanId.optional(), minID: vlanId.optional(), maxID: vlanId.optional() })).optional(),
-  preserveDefaultVlan: z.boolean().default(true),
+  // The reference's default since v1.8.0: with vlan or vlanTrunk set, the port leaves VLAN 1 (full isolation).
+  preserveDefaultVlan: z.boolean().default(false),
   enabledad: z.boolean().default(false),
   macspoofchk: z.boolean().default(false),
   disableContainerInterface: z.boolean().default(false),

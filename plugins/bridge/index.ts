@@ -6,13 +6,12 @@ import { delegate } from '../../lib/cni/delegate.js';
 import type { Result } from '../../lib/cni/result.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
 import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
-import { setupMasq, teardownMasq, checkMasq, gcMasq } from '../../lib/iptables/masq.js';
-import { PendingRestore } from '../../lib/iptables/index.js';
+import { masquerade, type MasqKnown, type MasqOwner } from '../../lib/pf/masq/index.js';
+import { assertUsable, chooseBackend, inCleanupBackends } from '../../lib/pf/backend.js';
 import { compareVersions } from '../../lib/cni/version.js';
 import { canonicalIP, canonicalNetwork, parseCidr, formatIP, network, contains, parseIP } from '../../lib/ip/index.js';
-import { which } from '../../lib/exec/index.js';
 import { bridgeConfig, trunkIds, type BridgeConfig } from './config.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * bridge: a Linux bridge on the host, a veth pair per container with its
@@ -32,6 +31,10 @@ function requestedMac(ctx: Ctx): string | undefined {
   return ctx.config.runtimeConfig?.mac ?? ctx.config.args?.cni?.mac ?? ctx.args.get('MAC');
 }
 
+/** bridge's ipMasqBackend, as the reference chooses it: iptables unless only nft is there. */
+const masqBackend = (cfg: BridgeConfig) => chooseBackend(cfg.ipMasqBackend, 'iptables', 'bridge ipMasqBackend');
+const masqOwner = (ctx: Ctx): MasqOwner => ({ network: ctx.config.name, containerId: ctx.env.containerId, ifname: ctx.env.ifname });
+
 /** Families the network's addresses may be in, for teardown without a result. */
 function familiesOf(ctx: Ctx): (4 | 6)[] {
   const fams = new Set<4 | 6>();
@@ -40,7 +43,6 @@ function familiesOf(ctx: Ctx): (4 | 6)[] {
   const subnets: unknown[] = [ipam?.subnet, ...(Array.isArray(ipam?.ranges) ? (ipam.ranges as unknown[]).flat() : []).map((r) => (r as { subnet?: unknown })?.subnet)];
   for (const s of subnets) if (typeof s === 'string') fams.add(s.includes(':') ? 6 : 4);
   if (fams.size === 0) fams.add(4);
-  if (!which('ip6tables-save')) fams.delete(6);
   return [...fams];
 }
 
@@ -67,9 +69,6 @@ async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolea
   if (created) await host.setMac(br.index, br.mac);
   if (cfg.promiscMode && !br.promisc) await host.setPromisc(br.index, true);
   if (!br.up) await host.setUp(br.index);
-  if (vlanFiltering && !cfg.preserveDefaultVlan) {
-    // nothing to add on the bridge itself; ports drop VLAN 1 below
-  }
   return br;
 }
 
@@ -137,9 +136,11 @@ async function add(ctx: Ctx): Promise<Result> {
     throw new CniError(ErrorCode.IncompatibleVersion, 'cannot convert: no valid IP addresses', `a bridge without "ipam" has no address to report in a cniVersion ${ctx.cniVersion} result`);
   }
 
+  // The masquerade backend is chosen before anything is made (no usable tool: an error, nothing to undo).
+  const masq = cfg.ipMasq && type ? await masquerade(masqBackend(cfg)) : undefined;
   const netns = Netns.open(ctx.env.netns);
-  // iptables-restore starts now and gets its rules once IPAM has answered.
-  const masqRestore = cfg.ipMasq && type ? new PendingRestore(4) : undefined;
+  // The backend's tool starts now (iptables-restore) and gets its rules once IPAM has answered.
+  const masqPrepared = masq?.prepare();
   const host = Rtnl.open();
   const cont = Rtnl.open(netns);
   const hostNsFd = openSync('/proc/thread-self/ns/net', 'r');
@@ -147,32 +148,41 @@ async function add(ctx: Ctx): Promise<Result> {
   let spoofCheckSet = false;
   let ipamDone = false;
   try {
-    trace('bridge: sockets open');
+    trace(FP.bridge.socketsOpen);
     const br = await ensureBridge(host, cfg, vlanFiltering);
-    trace('bridge: bridge ready');
+    trace(FP.bridge.bridgeReady);
     const { hostName } = await createVeth(host, cont, netns, ctx.env.ifname, cfg.mtu, requestedMac(ctx), hostNsFd);
     vethCreated = true;
-    trace('bridge: veth created');
+    trace(FP.bridge.vethCreated);
     const hostVeth = await host.linkByName(hostName);
     const contLink = await cont.linkByName(ctx.env.ifname);
     if (!hostVeth || !contLink) throw new CniError(ErrorCode.KernelRefused, 'veth pair not found after creation');
     try {
       await host.setMaster(hostVeth.index, br.index);
       if (cfg.hairpinMode) await host.setHairpin(hostVeth.index, true);
+      // As the reference: unless told to keep it, the port leaves the default VLAN 1 its joining gave it
+      // (a kernel without VLAN filtering has none; one that lost it already answers ENOENT).
+      if (vlanFiltering && !cfg.preserveDefaultVlan) {
+        await host.bridgeVlanDel(hostVeth.index, 1).catch((e) => {
+          if (errnoOf(e) !== 'ENOENT') throw e;
+        });
+      }
       if (cfg.vlan) await host.bridgeVlanAdd(hostVeth.index, cfg.vlan, { pvid: true, untagged: true });
       for (const id of trunk) await host.bridgeVlanAdd(hostVeth.index, id);
+      // A trunk without a vlan keeps VLAN 1 as its native (untagged) VLAN, as the reference does.
+      if (!cfg.vlan && trunk.length) await host.bridgeVlanAdd(hostVeth.index, 1, { pvid: true, untagged: true });
       await host.setUp(hostVeth.index);
     } catch (err) {
       throw kernel(`failed to attach ${hostName} to ${cfg.bridge}`, err);
     }
 
-    trace('bridge: veth attached');
+    trace(FP.bridge.vethAttached);
     if (cfg.macspoofchk) {
       // As the reference: only the container's MAC may enter the bridge from its veth.
       const { spoofCheckSetup, spoofCheckId } = await import('../../lib/nft/spoofcheck.js');
       spoofCheckSet = true; // one nft transaction: all or nothing, but a kill right after must still be undone
       await spoofCheckSetup(hostName, contLink.mac, spoofCheckId(ctx.env.containerId, ctx.env.ifname));
-      trace('bridge: spoofcheck set');
+      trace(FP.bridge.spoofcheckSet);
     }
     // Addresses come from the IPAM plugin, run as a runtime would. Without
     // one the container is attached at layer 2 only, as with the reference:
@@ -181,7 +191,7 @@ async function add(ctx: Ctx): Promise<Result> {
     if (type) {
       ipam = await delegate({ command: 'ADD', type, stdin: ctx.stdin, env: ctx.env });
       ipamDone = true;
-      trace('bridge: ipam done');
+      trace(FP.bridge.ipamDone);
       if (!ipam || ipam.ips.length === 0) throw new CniError(ErrorCode.InvalidNetworkConfig, 'IPAM plugin returned missing IP config');
     }
 
@@ -230,7 +240,7 @@ async function add(ctx: Ctx): Promise<Result> {
     try {
       for (const ip of result.ips) await cont.addAddress(contLink.index, ip.address, { noDad: !cfg.enabledad });
       if (!cfg.disableContainerInterface) await cont.setUp(contLink.index);
-      trace('bridge: addresses set');
+      trace(FP.bridge.addressesSet);
       if (!cfg.disableContainerInterface) {
         for (const r of result.routes) {
           const fam = r.dst.includes(':') ? 6 : 4;
@@ -246,7 +256,7 @@ async function add(ctx: Ctx): Promise<Result> {
       throw kernel(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
     }
 
-    trace('bridge: routes set');
+    trace(FP.bridge.routesSet);
     if (isGateway) {
       for (const ip of result.ips) {
         if (!ip.gateway) continue;
@@ -256,10 +266,10 @@ async function add(ctx: Ctx): Promise<Result> {
       if (hasV4(result)) writeSysctl(['net', 'ipv4', 'ip_forward'], '1');
       if (hasV6) writeSysctl(['net', 'ipv6', 'conf', 'all', 'forwarding'], '1');
     }
-    trace('bridge: gateway configured');
-    if (cfg.ipMasq && type) await setupMasq(cfg.name, ctx.env.containerId, result.ips.map((ip) => ip.address), masqRestore);
+    trace(FP.bridge.gatewayConfigured);
+    if (masq) await masq.add(masqOwner(ctx), result.ips.map((ip) => ip.address), masqPrepared);
 
-    trace('bridge: masq done');
+    trace(FP.bridge.masqDone);
     // The bridge's MAC may change as ports join: report what it is now.
     const brNow = await host.linkByIndex(br.index);
     if (brNow) result.interfaces[0].mac = brNow.mac;
@@ -272,10 +282,10 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     if (spoofCheckSet) await import('../../lib/nft/spoofcheck.js').then((m) => m.spoofCheckTeardown(m.spoofCheckId(ctx.env.containerId, ctx.env.ifname))).catch(() => undefined);
     if (ipamDone && type) await delegate({ command: 'DEL', type, stdin: ctx.stdin, env: ctx.env }).catch(() => undefined);
-    if (cfg.ipMasq && ipamDone) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx)).catch(() => undefined);
+    if (masq && ipamDone) await masq.del(masqOwner(ctx), { families: familiesOf(ctx), cidrs: [] }).catch(() => undefined);
     throw toCniError(err);
   } finally {
-    await masqRestore?.discard();
+    await masqPrepared?.release();
     closeSync(hostNsFd);
     host.close();
     cont.close();
@@ -292,7 +302,7 @@ async function del(ctx: Ctx): Promise<void> {
   if (cfg.ipam?.type) {
     await delegate({ command: 'DEL', type: cfg.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(toCniError(e)));
   }
-  trace('bridge: ipam released');
+  trace(FP.bridge.ipamReleased);
   const netns = ctx.env.netns ? Netns.tryOpen(ctx.env.netns) : undefined;
   // The container's addresses let the NAT teardown delete exact rules.
   const known = new Set((ctx.prevResult?.ips ?? []).map((ip) => ip.address));
@@ -302,7 +312,7 @@ async function del(ctx: Ctx): Promise<void> {
       const l = await cont.linkByName(ctx.env.ifname);
       if (l) {
         if (cfg.ipMasq) for (const a of await cont.addresses(l.index).catch(() => [])) if (a.family === 4 || !a.ip.startsWith('fe80:')) known.add(a.cidr);
-        trace('bridge: addresses read');
+        trace(FP.bridge.addressesRead);
         await cont.deleteLink(l.index).catch((e) => {
           if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
         });
@@ -312,12 +322,16 @@ async function del(ctx: Ctx): Promise<void> {
       netns.close();
     }
   }
-  trace('bridge: link deleted');
+  trace(FP.bridge.linkDeleted);
   if (cfg.macspoofchk) {
     const { spoofCheckTeardown, spoofCheckId } = await import('../../lib/nft/spoofcheck.js');
     await spoofCheckTeardown(spoofCheckId(ctx.env.containerId, ctx.env.ifname)).catch((e) => errors.push(toCniError(e)));
   }
-  if (cfg.ipMasq) await teardownMasq(cfg.name, ctx.env.containerId, familiesOf(ctx), [...known]).catch((e) => errors.push(toCniError(e)));
+  if (cfg.ipMasq) {
+    // In every usable backend, the configured one first: a network switched from one to the other still loses the old rules.
+    const k: MasqKnown = { families: familiesOf(ctx), cidrs: [...known] };
+    await inCleanupBackends(cfg.ipMasqBackend, async (b) => (await masquerade(b)).del(masqOwner(ctx), k)).catch((e) => errors.push(toCniError(e)));
+  }
   if (errors.length) throw errors[0];
 }
 
@@ -364,10 +378,7 @@ async function check(ctx: Ctx): Promise<void> {
       const found = routes.some((x) => x.oif === l.index && x.dst === dst && (!r.gw || (x.gw !== undefined && formatIP(fam, parseIP(x.gw).ip) === formatIP(fam, parseIP(r.gw).ip))));
       if (!found) throw fail(`route to ${r.dst}${r.gw ? ` via ${r.gw}` : ''} not found in ${ctx.env.netns}`);
     }
-    if (cfg.ipMasq) {
-      const missing = await checkMasq(cfg.name, ctx.env.containerId, prev.ips.map((ip) => ip.address));
-      if (missing.length) throw fail('masquerade rules missing', missing.join('; '));
-    }
+    if (cfg.ipMasq && type) await (await masquerade(masqBackend(cfg))).check(masqOwner(ctx), prev.ips.map((ip) => ip.address));
   } finally {
     host.close();
     cont.close();
@@ -388,12 +399,14 @@ export default definePlugin({
       await delegate({ command: 'GC', type: ctx.config.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(e));
     }
     if (ctx.config.ipMasq) {
-      const valid = new Set(ctx.validAttachments.map((a) => a.containerID));
-      await gcMasq(ctx.config.name, valid, familiesOf(ctx)).catch((e) => errors.push(e));
+      const valid = ctx.validAttachments;
+      await inCleanupBackends(ctx.config.ipMasqBackend, async (b) => (await masquerade(b)).gc(ctx.config.name, valid, familiesOf(ctx))).catch((e) => errors.push(e));
     }
     if (errors.length) throw toCniError(errors[0]);
   },
   async status(ctx) {
+    // ADD would fail without a usable masquerade backend: say so now, naming the missing tool.
+    if (ctx.config.ipMasq) assertUsable(ctx.config.ipMasqBackend, 'iptables', 'bridge ipMasqBackend');
     if (ctx.config.ipam?.type) await delegate({ command: 'STATUS', type: ctx.config.ipam.type, stdin: ctx.stdin, env: ctx.env });
   },
 });

@@ -4,7 +4,7 @@ import { Resolver } from 'node:dns/promises';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { which } from '../../lib/exec/index.js';
 import { readOwnFile } from '../../lib/exec/safefs.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * The dnsmasq of one network. A pid is only ever signalled after checking
@@ -93,7 +93,7 @@ export function startDnsmasq(confPath: string): Promise<void> {
   return new Promise((resolve, reject) => {
     // stdout must not be inherited: the runtime reads ours until EOF.
     const child = spawn(bin, ['-u', 'root', `--conf-file=${confPath}`], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-    trace('dnsname: dnsmasq spawned');
+    trace(FP.dnsname.dnsmasqSpawned);
     let err = '';
     child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
     child.on('error', (e) => reject(new CniError(ErrorCode.IOFailure, 'failed to start dnsmasq', e.message)));

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ownDir, readOwnFile, UnsafePathError, withOwnFileLock, writeOwnFile } from '../../lib/exec/safefs.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * dnsname's runtime files, one directory per network under
@@ -163,7 +163,7 @@ export class Tree {
       }
     };
     put('addnhosts', hostsText(s));
-    trace('dnsname: hosts written');
+    trace(FP.dnsname.hostsWritten);
     put('ownservers.conf', `server=/${s.domain}/${s.bridgeIP}\n`);
     put('localservers.conf', localServers(s, others));
     put('dnsmasq.conf', dnsmasqConf(s, this.dir(s.network)));

@@ -1,14 +1,14 @@
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
-import { save, transaction, type IpFamily, type TablePlan } from '../../lib/iptables/index.js';
-import { rule } from '../../lib/iptables/rule.js';
 import { canonicalIP } from '../../lib/ip/index.js';
 import { which } from '../../lib/exec/index.js';
-import { DNS_NAME, dnsnameConfig, type DnsnameConfig } from './config.js';
+import { assertUsable, chooseBackend, inCleanupBackends, type Backend } from '../../lib/pf/backend.js';
+import { dnsPorts, type DnsPorts } from '../../lib/pf/dns/index.js';
+import { DEFAULT_BACKEND, DNS_NAME, dnsnameConfig, type DnsnameConfig } from './config.js';
 import { readFileSync } from 'node:fs';
 import { Tree, type Entry, type NetworkState } from './files.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 import { dnsmasqBinary, findDnsmasq, reload, startDnsmasq, stop, waitForAnswer, waitForGone } from './dnsmasq.js';
 
 /**
@@ -18,17 +18,16 @@ import { dnsmasqBinary, findDnsmasq, reload, startDnsmasq, stop, waitForAnswer, 
  * remoteServers (upstreams).
  */
 type Ctx = PluginContext<DnsnameConfig>;
-const comment = (network: string) => `cni-ts dnsname: ${network}`;
+type IpFamily = 4 | 6;
 const familyOf = (ip: string): IpFamily => (ip.includes(':') ? 6 : 4);
-
-function inputRules(s: Pick<NetworkState, 'bridge' | 'network'>) {
-  return (['udp', 'tcp'] as const).map((proto) => rule('INPUT', { in: s.bridge, proto, dport: '53', comment: comment(s.network), jump: 'ACCEPT' }));
-}
-
-/** Removes this network's port-53 rules, found by their comment (works without state). */
-function dropInputRules(p: TablePlan, network: string): void {
-  for (const r of p.rulesOf('INPUT')) if (r.spec.includes(comment(network))) p.delete(r);
-}
+const WHAT = 'dnsname backend';
+/** The port-53 openings (lib/pf/dns) of the backend this call uses. */
+const chosenPorts = (cfg: DnsnameConfig) => dnsPorts(chooseBackend(cfg.backend, DEFAULT_BACKEND, WHAT));
+/** Closing a network's openings: a DEL or GC does it in every usable backend, the configured (or default) one first. */
+type CloseAll = (network: string, families: IpFamily[]) => Promise<void>;
+const closeEverywhere = (cfg: DnsnameConfig): CloseAll => (network, families) =>
+  inCleanupBackends(cfg.backend || DEFAULT_BACKEND, async (b: Backend) => (await dnsPorts(b)).closeNetwork(network, families));
+const closeIn = (ports: DnsPorts): CloseAll => (network, families) => ports.closeNetwork(network, families);
 
 interface Attachment {
   bridge: string;
@@ -68,33 +67,29 @@ function syncOthers(tree: Tree, changed: string): void {
   }
 }
 
-async function teardown(tree: Tree, network: string, families: IpFamily[]): Promise<void> {
+async function teardown(tree: Tree, network: string, families: IpFamily[], close: CloseAll): Promise<void> {
   const pid = findDnsmasq(tree.pidPath(network), tree.confPath(network));
   if (pid) await stop(pid, tree.confPath(network));
   tree.remove(network);
-  for (const fam of families) await transaction(fam, 'filter', (p) => dropInputRules(p, network));
+  await close(network, families);
   syncOthers(tree, network);
 }
 
 const allFamilies = (): IpFamily[] => (which('ip6tables-save') ? [4, 6] : [4]);
 
 /** After the files are written: the port-53 rule, dnsmasq (re)loaded, and the wait until the name answers. */
-async function publish(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
+async function publish(ctx: Ctx, ports: DnsPorts, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
   const cfg = ctx.config;
-  // The port-53 rule comes with the network's first container (CHECK
-  // verifies it is still there); later ADDs need no iptables read.
-  if (firstOnNetwork || old?.bridge !== a.bridge) {
-    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
-      for (const r of inputRules(s)) p.insertUnique(r);
-    });
-  }
+  // The port-53 opening comes with the network's first container (CHECK
+  // verifies it is still there); later ADDs touch no packet filter.
+  if (firstOnNetwork || old?.bridge !== a.bridge) await ports.open({ network: s.network, bridge: s.bridge, family: familyOf(a.bridgeIP) });
   const conf = tree.confPath(cfg.name);
   const pid = findDnsmasq(tree.pidPath(cfg.name), conf);
   if (!pid || !reload(pid, conf)) {
-    trace('dnsname: starting dnsmasq');
+    trace(FP.dnsname.startingDnsmasq);
     await startDnsmasq(conf); // first ADD, or the daemon died
   }
-  trace('dnsname: dnsmasq signalled');
+  trace(FP.dnsname.dnsmasqSignalled);
   if (firstOnNetwork && cfg.multiDomain) syncOthers(tree, cfg.name);
   // dnsmasq re-reads its hosts file asynchronously: return once the name answers.
   if (!(await waitForAnswer(a.bridgeIP, `${a.names[0]}.${s.domain}`, a.ips.find((ip) => familyOf(ip) === 4) ?? a.ips[0]))) {
@@ -103,16 +98,12 @@ async function publish(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, fir
 }
 
 /** A failed ADD's undo: the network as it was, or gone if this container was its first. */
-async function undoAdd(ctx: Ctx, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
+async function undoAdd(ports: DnsPorts, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
   if (firstOnNetwork || !old) {
-    await teardown(tree, s.network, [familyOf(a.bridgeIP)]);
+    await teardown(tree, s.network, [familyOf(a.bridgeIP)], closeIn(ports));
     return;
   }
-  if (old.bridge !== a.bridge) {
-    await transaction(familyOf(a.bridgeIP), 'filter', (p) => {
-      for (const r of inputRules(s)) p.delete(r);
-    });
-  }
+  if (old.bridge !== a.bridge) await ports.close({ network: s.network, bridge: a.bridge, family: familyOf(a.bridgeIP) });
   tree.write(old, tree.networks());
   const pid = findDnsmasq(tree.pidPath(old.network), tree.confPath(old.network));
   if (pid) reload(pid, tree.confPath(old.network));
@@ -135,9 +126,10 @@ async function add(ctx: Ctx): Promise<Result> {
   const cfg = ctx.config;
   const a = attachmentOf(ctx);
   requireBridge(a.bridge);
+  const ports = await chosenPorts(cfg);
   const tree = new Tree();
   await tree.locked(async () => {
-    trace('dnsname: locked');
+    trace(FP.dnsname.locked);
     const old = tree.read(cfg.name);
     const s: NetworkState = {
       network: cfg.name, domain: cfg.domainName.toLowerCase(), bridge: a.bridge, bridgeIP: a.bridgeIP,
@@ -149,19 +141,19 @@ async function add(ctx: Ctx): Promise<Result> {
     }
     s.entries.push({ containerID: ctx.env.containerId, ifname: ctx.env.ifname, ips: a.ips, names: a.names });
     const firstOnNetwork = !old || old.entries.length === 0;
-    trace('dnsname: state read');
+    trace(FP.dnsname.stateRead);
     tree.write(s, tree.networks());
-    trace('dnsname: files written');
+    trace(FP.dnsname.filesWritten);
     try {
-      await publish(ctx, tree, s, a, firstOnNetwork, old);
+      await publish(ctx, ports, tree, s, a, firstOnNetwork, old);
     } catch (err) {
       // Leave the host as before this ADD (a runtime may never send the DEL).
-      await undoAdd(ctx, tree, s, a, firstOnNetwork, old).catch((undoErr) => {
+      await undoAdd(ports, tree, s, a, firstOnNetwork, old).catch((undoErr) => {
         process.stderr.write(`dnsname: undoing the failed ADD: ${(undoErr as Error)?.message ?? undoErr}\n`);
       });
       throw err;
     }
-    trace('dnsname: name answers');
+    trace(FP.dnsname.nameAnswers);
   });
   const prev = ctx.prevResult!;
   const dedupe = (xs: string[]) => [...new Set(xs)];
@@ -183,7 +175,7 @@ async function del(ctx: Ctx): Promise<void> {
     const mine = s?.entries.filter((e) => same(e, ctx)) ?? [];
     const rest = s?.entries.filter((e) => !same(e, ctx)) ?? [];
     if (!s || rest.length === 0) {
-      await teardown(tree, ctx.config.name, s ? [familyOf(s.bridgeIP)] : allFamilies());
+      await teardown(tree, ctx.config.name, s ? [familyOf(s.bridgeIP)] : allFamilies(), closeEverywhere(ctx.config));
       return;
     }
     if (mine.length === 0 && !tree.stale(s)) return;
@@ -199,6 +191,7 @@ async function del(ctx: Ctx): Promise<void> {
 
 async function check(ctx: Ctx): Promise<void> {
   const a = attachmentOf(ctx);
+  const ports = await chosenPorts(ctx.config);
   const tree = new Tree();
   const fail = (msg: string, details = '') => new CniError(ErrorCode.CheckFailed, msg, details);
   const s = tree.read(ctx.config.name);
@@ -212,9 +205,7 @@ async function check(ctx: Ctx): Promise<void> {
     if (!hosts.split('\n').includes(`${ip}\t${e.names.join('\t')}`)) throw fail(`addnhosts has no line for ${ip}`);
   }
   if (!findDnsmasq(tree.pidPath(s.network), tree.confPath(s.network))) throw fail(`dnsmasq for network ${s.network} is not running`);
-  const filter = await save(familyOf(s.bridgeIP), 'filter');
-  const have = new Set(filter.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
-  for (const r of inputRules(s)) if (!have.has(`${r.chain} ${r.spec.join(' ')}`)) throw fail('port 53 accept rule missing', `-A ${r.chain} ${r.spec.join(' ')}`);
+  await ports.check({ network: s.network, bridge: s.bridge, family: familyOf(s.bridgeIP) });
 }
 
 async function gc(ctx: Ctx): Promise<void> {
@@ -224,13 +215,13 @@ async function gc(ctx: Ctx): Promise<void> {
     const s = tree.read(ctx.config.name);
     if (!s) {
       // A directory without state.json is what an ADD that died before writing it leaves: no one's.
-      if (tree.exists(ctx.config.name)) await teardown(tree, ctx.config.name, allFamilies());
+      if (tree.exists(ctx.config.name)) await teardown(tree, ctx.config.name, allFamilies(), closeEverywhere(ctx.config));
       return;
     }
     const keep = s.entries.filter((e) => valid.has(`${e.containerID}\n${e.ifname}`));
     if (keep.length === s.entries.length && !tree.stale(s)) return;
     if (keep.length === 0) {
-      await teardown(tree, s.network, [familyOf(s.bridgeIP)]);
+      await teardown(tree, s.network, [familyOf(s.bridgeIP)], closeEverywhere(ctx.config));
       return;
     }
     s.entries = keep;
@@ -248,8 +239,9 @@ export default definePlugin({
   del,
   check,
   gc,
-  async status() {
+  async status(ctx) {
     if (!dnsmasqBinary()) throw new CniError(ErrorCode.NotAvailable, 'dnsmasq not found', 'install dnsmasq-base');
+    assertUsable(ctx.config.backend, DEFAULT_BACKEND, WHAT);
   },
 });
 

@@ -1,36 +1,32 @@
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { apply, Batch, save, transaction, type IpFamily } from '../../lib/iptables/index.js';
-import { which } from '../../lib/exec/index.js';
+import { assertUsable, chooseBackend, inCleanupBackends, type Backend } from '../../lib/pf/backend.js';
+import { forwardFilter, type ForwardOwner, type ForwardRequest } from '../../lib/pf/forward/index.js';
+import { DEFAULT_ADMIN_CHAIN } from '../../lib/pf/forward/rules.js';
 import { firewallConfig, type FirewallConfig } from './config.js';
-import { addressRules, adminJump, DEFAULT_ADMIN_CHAIN, expectedIsolation, forwardJump, planBase, planIsolation, PRIV_CHAIN } from './rules.js';
 
 /**
- * firewall: the reference plugin's iptables backend. It lets the
- * container's addresses through FORWARD (CNI-FORWARD, with the CNI-ADMIN
- * chain first for operators' overrides) and optionally isolates bridges
- * from each other. One iptables-save and one iptables-restore per family.
+ * firewall: lets the container's addresses through the host's forward path
+ * (with an admin chain first for operators' overrides) and optionally
+ * isolates bridges from each other. `backend`: "iptables" (the reference
+ * plugin's chains; the default), "nftables" (our own table, lib/pf/forward),
+ * unset or "" for the default, or nftables when only nft is installed.
  */
 type Ctx = PluginContext<FirewallConfig>;
+const WHAT = 'firewall backend';
+const DEFAULT: Backend = 'iptables';
 
-const adminOf = (c: FirewallConfig) => c.iptablesAdminChainName || DEFAULT_ADMIN_CHAIN;
-const familyOf = (cidr: string): IpFamily => (cidr.includes(':') ? 6 : 4);
-const ipOf = (cidr: string) => cidr.split('/')[0];
-
-function requireIptables(ctx: Ctx): void {
-  if (ctx.config.backend === 'firewalld') {
-    throw new CniError(ErrorCode.UnsupportedField, 'backend "firewalld" is not supported by this firewall plugin', 'use "backend": "iptables" (the default here)');
+function configured(ctx: Ctx): Backend | '' | undefined {
+  const b = ctx.config.backend;
+  if (b === 'firewalld') {
+    throw new CniError(ErrorCode.UnsupportedField, 'backend "firewalld" is not supported by this firewall plugin', 'use "backend": "iptables" (the default here) or "nftables"');
   }
+  return b;
 }
 
 function prevOrFail(ctx: Ctx) {
   if (!ctx.prevResult) throw new CniError(ErrorCode.InvalidNetworkConfig, 'missing prevResult from earlier plugin');
   return ctx.prevResult;
-}
-
-function policyOf(ctx: Ctx): 'same-bridge' | 'isolated' | undefined {
-  const p = ctx.config.ingressPolicy;
-  return p === 'same-bridge' || p === 'isolated' ? p : undefined;
 }
 
 function bridgeOf(ctx: Ctx): string {
@@ -41,73 +37,43 @@ function bridgeOf(ctx: Ctx): string {
   return name;
 }
 
+const ownerOf = (ctx: Ctx): ForwardOwner => ({ network: ctx.config.name, containerId: ctx.env.containerId, ifname: ctx.env.ifname });
+
+function request(ctx: Ctx): ForwardRequest {
+  const prev = prevOrFail(ctx);
+  const p = ctx.config.ingressPolicy;
+  return {
+    owner: ownerOf(ctx),
+    cidrs: prev.ips.map((ip) => ip.address),
+    adminChain: ctx.config.iptablesAdminChainName || DEFAULT_ADMIN_CHAIN,
+    isolation: p === 'same-bridge' || p === 'isolated' ? { policy: p, bridge: bridgeOf(ctx) } : undefined,
+    iptablesForwardDrop: ctx.config.iptablesForwardDrop ?? 'open',
+  };
+}
+
 export default definePlugin({
   name: 'firewall',
   schema: firewallConfig,
 
   async add(ctx) {
-    requireIptables(ctx);
-    const prev = prevOrFail(ctx);
-    const policy = policyOf(ctx);
-    const bridge = policy ? bridgeOf(ctx) : '';
-    for (const fam of [4, 6] as const) {
-      const ips = prev.ips.filter((ip) => familyOf(ip.address) === fam);
-      if (ips.length === 0) continue;
-      await transaction(fam, 'filter', (p) => {
-        planBase(p, adminOf(ctx.config));
-        for (const ip of ips) for (const r of addressRules(ipOf(ip.address))) p.appendUnique(r);
-        if (policy) planIsolation(p, bridge, policy);
-      });
-    }
-    return prev;
+    const backend = chooseBackend(configured(ctx), DEFAULT, WHAT);
+    const req = request(ctx);
+    await (await forwardFilter(backend)).add(req);
+    return prevOrFail(ctx);
   },
 
   async del(ctx) {
-    requireIptables(ctx);
-    // Without prevResult there is nothing to know the rules by (as the reference).
-    for (const fam of [4, 6] as const) {
-      const ips = (ctx.prevResult?.ips ?? []).filter((ip) => familyOf(ip.address) === fam);
-      if (ips.length === 0) continue;
-      const rules = ips.flatMap((ip) => addressRules(ipOf(ip.address)));
-      // Fast path, one exec: delete exactly these rules. If one is missing
-      // the whole restore fails and changes nothing; then read and re-plan.
-      try {
-        const batch = new Batch('filter');
-        for (const r of rules) batch.delete(r);
-        await apply(fam, [batch]);
-        continue;
-      } catch {
-        // fall through
-      }
-      await transaction(fam, 'filter', (p) => {
-        for (const r of rules) p.delete(r);
-      });
-    }
+    const chosen = configured(ctx) || undefined;
+    const cidrs = (ctx.prevResult?.ips ?? []).map((ip) => ip.address);
+    await inCleanupBackends(chosen ?? DEFAULT, async (b) => (await forwardFilter(b)).del(ownerOf(ctx), cidrs));
   },
 
   async check(ctx) {
-    requireIptables(ctx);
-    const prev = prevOrFail(ctx);
-    const policy = policyOf(ctx);
-    for (const fam of [4, 6] as const) {
-      const ips = prev.ips.filter((ip) => familyOf(ip.address) === fam);
-      if (ips.length === 0) continue;
-      const state = await save(fam, 'filter');
-      const have = new Set(state.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
-      for (const chain of [PRIV_CHAIN, adminOf(ctx.config)]) {
-        if (!state.chains.has(chain)) throw new CniError(ErrorCode.CheckFailed, `chain ${chain} not found`);
-      }
-      const want = [forwardJump(), adminJump(adminOf(ctx.config)), ...ips.flatMap((ip) => addressRules(ipOf(ip.address)))];
-      if (policy) want.push(...expectedIsolation(bridgeOf(ctx), policy));
-      for (const r of want) {
-        const line = `${r.chain} ${r.spec.join(' ')}`;
-        if (!have.has(line)) throw new CniError(ErrorCode.CheckFailed, 'expected iptables rule not found', `-A ${line}`);
-      }
-    }
+    const backend = chooseBackend(configured(ctx), DEFAULT, WHAT);
+    await (await forwardFilter(backend)).check(request(ctx));
   },
 
   async status(ctx) {
-    requireIptables(ctx);
-    if (!which('iptables-restore') || !which('iptables-save')) throw new CniError(ErrorCode.NotAvailable, 'iptables-restore / iptables-save not found');
+    assertUsable(configured(ctx), DEFAULT, WHAT);
   },
 });

@@ -6,7 +6,7 @@ import { hostLocalConfig, rangeSets, type HostLocalConfig, type RangeSet } from 
 import { Store } from './store.js';
 import { allocateNext, allocateRequested, freeCount, type Allocated } from './allocator.js';
 import { parseResolvConf } from './resolvconf.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * host-local: addresses from static ranges, one file per address under
@@ -66,7 +66,7 @@ export default definePlugin({
     const who = { containerId: ctx.env.containerId, ifname: ctx.env.ifname };
     const store = storeOf(ctx);
     const allocs = await store.locked(() => {
-      trace('host-local: locked');
+      trace(FP.hostLocal.locked);
       const all = store.all();
       // A re-ADD of the same attachment gets its addresses back (the
       // reference fails with "duplicate allocation").

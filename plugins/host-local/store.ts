@@ -2,7 +2,7 @@ import { closeSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync,
 import { join } from 'node:path';
 import { ownDir, UnsafePathError, withOwnFileLock } from '../../lib/exec/safefs.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
-import { trace } from '../../lib/cni/trace.js';
+import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * host-local's on-disk store, file-compatible with the reference plugin:
@@ -66,14 +66,14 @@ export class Store {
       throw err;
     }
     try {
-      trace('host-local: allocation created');
+      trace(FP.hostLocal.allocationCreated);
       writeFileSync(fd, `${containerId}${LINE_BREAK}${ifname}`);
     } finally {
       closeSync(fd);
     }
-    trace('host-local: allocation written');
+    trace(FP.hostLocal.allocationWritten);
     this.writeLastReserved(rangeSet, ip);
-    trace('host-local: cursor written');
+    trace(FP.hostLocal.cursorWritten);
     return true;
   }
 

@@ -2,28 +2,35 @@ import { writeSysctl } from '../../lib/netlink/ns.js';
 import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
-import { save, transaction, type IpFamily, type TablePlan } from '../../lib/iptables/index.js';
 import { contains, parseCidr, parseIP } from '../../lib/ip/index.js';
 import { Rtnl } from '../../lib/netlink/rtnl.js';
-import { portmapConfig, type PortmapConfig } from './config.js';
-import { trace } from '../../lib/cni/trace.js';
-import { DEFAULT_MARK_BIT, dnatChain, dnatRules, MASQ, masqJump, masqRule, SETMARK, setMarkRule, TOP_DNAT, topJumps } from './rules.js';
+import { assertUsable, chooseBackend, inCleanupBackends, type Backend } from '../../lib/pf/backend.js';
+import { portForwarding, type PortmapParams } from '../../lib/pf/portmap/index.js';
+import { DEFAULT_MARK_BIT } from '../../lib/pf/portmap/rules.js';
+import { portmapConfig, requireOptionsOf, type PortmapConfig } from './config.js';
 
 /**
- * portmap: publishes container ports on the host, the reference plugin's
- * iptables layout (see rules.ts). One save + one restore per address family
- * and call. DEL needs neither prevResult nor the namespace: the container's
- * chain is named by (network, containerID).
+ * portmap: publishes container ports on the host, in the reference
+ * plugin's layouts (lib/pf/portmap): iptables (the default, as the
+ * reference's) or nftables (`"backend": "nftables"`, or when the host has
+ * nft but no iptables). Options of one backend only (externalSetMarkChain,
+ * conditions in the other's syntax) are refused with the other, as the
+ * reference does. DEL and GC clean up in every usable backend (a network
+ * whose backend was switched still loses what the old one made); DEL needs
+ * neither prevResult nor the namespace.
  */
 type Ctx = PluginContext<PortmapConfig>;
+type IpFamily = 4 | 6;
 
+const WHAT = 'portmap backend';
 const mappingsOf = (ctx: Ctx) => ctx.config.runtimeConfig?.portMappings ?? [];
 const snatOf = (ctx: Ctx) => ctx.config.snat ?? true;
 
-function requireIptables(ctx: Ctx): void {
-  if (ctx.config.backend === 'nftables') {
-    throw new CniError(ErrorCode.UnsupportedField, 'backend "nftables" is not supported by this portmap plugin', 'use "backend": "iptables" (the default)');
-  }
+/** The backend ADD and CHECK write and read: configured, else iptables unless only nft is there; its options only. */
+function backendOf(ctx: Ctx): Backend {
+  const b = chooseBackend(ctx.config.backend, 'iptables', WHAT);
+  requireOptionsOf(ctx.config, b);
+  return b;
 }
 
 /** The container's first address of each family, preferring those on its own (sandbox) interfaces. */
@@ -39,38 +46,20 @@ export function containerAddresses(prev: Result): Map<IpFamily, string> {
   return out;
 }
 
-function planShared(p: TablePlan, ctx: Ctx): string {
-  const snat = snatOf(ctx);
-  const external = ctx.config.externalSetMarkChain;
-  const bit = ctx.config.markMasqBit ?? DEFAULT_MARK_BIT;
-  if (snat && !external) {
-    p.ensureChain(SETMARK).appendUnique(setMarkRule(bit));
-    p.ensureChain(MASQ).appendUnique(masqRule(bit));
-    // First in POSTROUTING: bridge's ipMasq rules would otherwise see the packet first.
-    p.insertUnique(masqJump());
-  }
-  p.ensureChain(TOP_DNAT);
-  for (const j of topJumps()) p.appendUnique(j);
-  return external ?? SETMARK;
-}
-
-/** The container's chain, emptied and unhooked (it stays, empty, only when refilled in the same restore). */
-function planRemove(p: TablePlan, chain: string): void {
-  p.removeChain(chain);
-}
-
-function rulesFor(ctx: Ctx, family: IpFamily, container: string) {
-  return dnatRules({
-    network: ctx.config.name,
+function paramsOf(ctx: Ctx, prev: Result): PortmapParams {
+  const c = ctx.config;
+  return {
+    network: c.name,
     containerId: ctx.env.containerId,
-    family,
-    container,
+    addresses: containerAddresses(prev),
     mappings: mappingsOf(ctx),
     snat: snatOf(ctx),
-    masqAll: ctx.config.masqAll ?? false,
-    setMarkChain: ctx.config.externalSetMarkChain ?? SETMARK,
-    conditions: (family === 4 ? ctx.config.conditionsV4 : ctx.config.conditionsV6) ?? [],
-  });
+    masqAll: c.masqAll ?? false,
+    markMasqBit: c.markMasqBit ?? DEFAULT_MARK_BIT,
+    externalSetMarkChain: c.externalSetMarkChain,
+    conditionsV4: c.conditionsV4 ?? [],
+    conditionsV6: c.conditionsV6 ?? [],
+  };
 }
 
 /**
@@ -95,22 +84,13 @@ async function enableRouteLocalnet(container: string): Promise<void> {
   }
 }
 
-/** ip6tables may be missing or unusable on a v4-only host: DEL and GC skip it there (a failed save), but not a failed restore. */
-async function inV6(plan: (p: TablePlan) => void): Promise<void> {
-  try {
-    await transaction(6, 'nat', plan);
-  } catch (err) {
-    if (!(err instanceof CniError && /-save failed$/.test(err.message))) throw err;
-  }
-}
-
 /**
  * As the reference does on ADD: conntrack entries for the published UDP
  * ports made before this mapping existed (a client that kept sending while
  * the container was away) would go on bypassing the new DNAT; they are
  * deleted. A failure is reported on stderr, not fatal (the mapping itself is in place).
  */
-async function dropStaleUdpEntries(ctx: Ctx, family: 4 | 6): Promise<void> {
+async function dropStaleUdpEntries(ctx: Ctx, family: IpFamily): Promise<void> {
   const ports = [...new Set(mappingsOf(ctx).filter((m) => m.protocol === 'udp').map((m) => m.hostPort))];
   if (ports.length === 0) return;
   try {
@@ -126,77 +106,40 @@ export default definePlugin({
   schema: portmapConfig,
 
   async add(ctx) {
-    requireIptables(ctx);
     const prev = ctx.prevResult;
     if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'portmap must be called as a chained plugin: missing prevResult');
     if (mappingsOf(ctx).length === 0) return prev; // nothing published: no rules, no error
-    for (const [family, container] of containerAddresses(prev)) {
-      const { chain, entries, rules } = rulesFor(ctx, family, container);
-      await transaction(family, 'nat', (p) => {
-        planShared(p, ctx);
-        // Start from a clean chain: a re-ADD or a half-done earlier ADD leaves no stale rule.
-        planRemove(p, chain);
-        p.ensureChain(chain);
-        for (const r of rules) p.appendUnique(r);
-        for (const e of entries) p.appendUnique(e);
-      });
-      if (family === 4 && snatOf(ctx)) await enableRouteLocalnet(container);
-      await dropStaleUdpEntries(ctx, family);
-      trace('portmap: family done');
-    }
+    const pf = await portForwarding(backendOf(ctx));
+    const p = paramsOf(ctx, prev);
+    if (p.addresses.size === 0) return prev;
+    await pf.forward(p);
+    const v4 = p.addresses.get(4);
+    if (v4 && p.snat) await enableRouteLocalnet(v4);
+    for (const family of p.addresses.keys()) await dropStaleUdpEntries(ctx, family);
     return prev;
   },
 
+  /** Every usable backend, the configured one first: a container may have been added before the network switched. */
   async del(ctx) {
-    requireIptables(ctx);
-    // The chain may exist in either family whatever prevResult says (or lacks).
-    const chain = dnatChain(ctx.config.name, ctx.env.containerId);
-    await transaction(4, 'nat', (p) => planRemove(p, chain));
-    await inV6((p) => planRemove(p, chain));
+    await inCleanupBackends(ctx.config.backend, async (b) => (await portForwarding(b)).unforward(ctx.config.name, ctx.env.containerId));
   },
 
   /** Only the families the container has an address in (the reference also demands the other one). */
   async check(ctx) {
-    requireIptables(ctx);
     const prev = ctx.prevResult;
     if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'portmap CHECK needs prevResult');
     if (mappingsOf(ctx).length === 0) return;
-    for (const [family, container] of containerAddresses(prev)) {
-      const { chain, entries, rules } = rulesFor(ctx, family, container);
-      const state = await save(family, 'nat');
-      const have = state.rules.filter((r) => r.chain === chain).map((r) => r.spec.join(' '));
-      const want = rules.map((r) => r.spec.join(' '));
-      if (have.join('\n') !== want.join('\n')) {
-        const missing = want.find((w) => !have.includes(w));
-        throw new CniError(ErrorCode.CheckFailed, `portmap chain ${chain} does not hold the expected rules (IPv${family})`, missing ? `missing: -A ${chain} ${missing}` : `found: ${have.join(' | ')}`);
-      }
-      const needed = [...topJumps(), ...(snatOf(ctx) && !ctx.config.externalSetMarkChain ? [masqJump(), setMarkRule(ctx.config.markMasqBit ?? DEFAULT_MARK_BIT), masqRule(ctx.config.markMasqBit ?? DEFAULT_MARK_BIT)] : [])];
-      // Entry rules with user conditions are printed back in iptables' own normal
-      // form, which we cannot predict for arbitrary matches: count those instead.
-      const conditional = (family === 4 ? ctx.config.conditionsV4 : ctx.config.conditionsV6)?.length;
-      if (!conditional) needed.push(...entries);
-      const keys = new Set(state.rules.map((r) => `${r.chain} ${r.spec.join(' ')}`));
-      for (const r of needed) {
-        if (!keys.has(`${r.chain} ${r.spec.join(' ')}`)) throw new CniError(ErrorCode.CheckFailed, `portmap rule missing (IPv${family})`, `-A ${r.chain} ${r.spec.join(' ')}`);
-      }
-      const jumps = state.rules.filter((r) => r.chain === TOP_DNAT && r.spec.at(-1) === chain).length;
-      if (jumps !== entries.length) throw new CniError(ErrorCode.CheckFailed, `portmap: ${jumps} jumps to ${chain}, expected ${entries.length} (IPv${family})`);
-    }
+    await (await portForwarding(backendOf(ctx))).check(paramsOf(ctx, prev));
   },
 
-  /** Removes this network's container chains whose container is not in valid-attachments. */
+  /** This network's rules of containers not in valid-attachments, in every usable backend. */
   async gc(ctx) {
-    requireIptables(ctx);
-    const keep = new Set(ctx.validAttachments.map((a) => dnatChain(ctx.config.name, a.containerID)));
-    const marker = `dnat name: "${ctx.config.name}" id: "`;
-    const sweep = (p: TablePlan) => {
-      for (const r of p.rulesOf(TOP_DNAT)) {
-        const target = r.spec.at(-1)!;
-        const comment = r.spec[r.spec.indexOf('--comment') + 1] ?? '';
-        if (target.startsWith('CNI-DN-') && comment.startsWith(marker) && !keep.has(target)) p.removeChain(target);
-      }
-    };
-    await transaction(4, 'nat', sweep);
-    await inV6(sweep);
+    const keep = new Set(ctx.validAttachments.map((a) => a.containerID));
+    await inCleanupBackends(ctx.config.backend, async (b) => (await portForwarding(b)).gc(ctx.config.name, keep));
+  },
+
+  /** Fails when the configured backend (or, unset, either one) cannot work on this host. */
+  async status(ctx) {
+    requireOptionsOf(ctx.config, assertUsable(ctx.config.backend, 'iptables', WHAT));
   },
 });

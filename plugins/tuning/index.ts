@@ -8,7 +8,7 @@ import {
   type Settings, type Sysctl, type TuningConfig,
 } from './config.js';
 import { backupFile, jsonName, listSaved, readSaved, removeSaved, removeTemps, writeSaved, type Saved } from './backup.js';
-import { testHook, trace } from '../../lib/cni/trace.js';
+import { FP, testHook, trace } from '../../lib/cni/trace.js';
 
 /**
  * tuning (chained): sysctls under /proc/sys/net and link attributes (MAC,
@@ -81,7 +81,7 @@ async function setLink(nl: Rtnl, link: LinkInfo, v: LinkValues, failed: (e: CniE
     if (!wanted) continue;
     try {
       await run();
-      trace('tuning: link changed');
+      trace(FP.tuning.linkChanged);
     } catch (err) {
       failed(refused(`failed to set ${what} on ${link.name}`, err));
     }
@@ -147,12 +147,12 @@ async function add(ctx: Ctx): Promise<Result> {
     const kept: Saved = { containerID: id, ifname, ...before, ...earlier, network: ctx.config.name, sysctl: { ...before.sysctl, ...earlier?.sysctl } };
     if (!Object.keys(kept.sysctl!).length) delete kept.sysctl;
     writeSaved(file, kept);
-    trace('tuning: originals saved');
+    trace(FP.tuning.originalsSaved);
     try {
       ns.run(() =>
         s.sysctls.forEach((x) => {
           writeSysctl(x.path, x.value);
-          trace('tuning: sysctl set');
+          trace(FP.tuning.sysctlSet);
         }),
       );
       await setLink(nl, link, s, (e) => {

@@ -228,12 +228,14 @@ export function baseCase(plugin: string, r: Rng, id: string, command: string): B
     CNI_ARGS: r.chance(0.5) ? `IgnoreUnknown=1;K8S_POD_NAME=${id}` : null,
     CNI_PATH: PH.BIN,
   };
+  // The packet-filter backend (lib/pf): from the case's id, not the stream, so every other draw stays as it was.
+  const backend = (hashSeed(`${id}/backend`) & 1) === 1 ? 'nftables' : 'iptables';
   const prev = () => prevResultTemplate(r.pick(['0.3.1', '0.4.0', '1.0.0', '1.1.0']), r.chance(0.15));
   let config: Record<string, unknown>;
   switch (plugin) {
     case 'bridge':
       config = {
-        ...common, type: 'bridge', bridge: BRIDGE, isGateway: true, isDefaultGateway: r.chance(0.3), ipMasq: r.chance(0.7), hairpinMode: r.chance(0.5),
+        ...common, type: 'bridge', bridge: BRIDGE, isGateway: true, isDefaultGateway: r.chance(0.3), ipMasq: r.chance(0.7), ipMasqBackend: backend, hairpinMode: r.chance(0.5),
         promiscMode: false, mtu: r.pick([0, 1500, 1400]), ipam: ipamTemplate(r),
         ...(r.chance(0.2) ? { runtimeConfig: { mac: '02:99:00:00:00:aa' } } : {}),
         ...(r.chance(0.1) ? { args: { cni: { mac: '02:99:00:00:00:bb' } } } : {}),
@@ -248,14 +250,14 @@ export function baseCase(plugin: string, r: Rng, id: string, command: string): B
       break;
     case 'firewall':
       config = {
-        ...common, type: 'firewall', backend: 'iptables', ingressPolicy: r.pick(['same-bridge', 'open', 'isolated', '']),
+        ...common, type: 'firewall', backend, ingressPolicy: r.pick(['same-bridge', 'open', 'isolated', '']),
         iptablesAdminChainName: 'CNI-ADMIN', prevResult: prev(),
       };
       break;
     case 'aos-firewall': {
       const uuid = `${hex8(id)}-f022-4f22-8f22-f022f022f022`; // the fuzz's own suffix: never in a real state file
       config = {
-        ...common, cniVersion: command === 'GC' || command === 'STATUS' ? '1.1.0' : '0.4.0', type: 'aos-firewall', uuid,
+        ...common, cniVersion: command === 'GC' || command === 'STATUS' ? '1.1.0' : '0.4.0', type: 'aos-firewall', backend, uuid,
         iptablesAdminChainName: `INSTANCE_${uuid}`, allowPublicConnections: false, runtimeStatePath: `${PH.SB}/aos/aos_chains.conf`,
         inputAccess: [{ port: '8080', protocol: 'tcp' }, { port: '9000:9010', protocol: 'udp' }],
         outputAccess: [{ dstIp: '198.51.100.5', dstPort: '8080', proto: 'tcp', srcIp: '' }],
@@ -266,7 +268,7 @@ export function baseCase(plugin: string, r: Rng, id: string, command: string): B
     case 'dnsname':
       env.CNI_ARGS = `IgnoreUnknown=1;K8S_POD_NAME=${id}`;
       config = {
-        ...common, type: 'dnsname', domainName: 'fuzz.lan', multiDomain: r.chance(0.3), remoteServers: r.chance(0.5) ? ['192.0.2.53'] : [],
+        ...common, type: 'dnsname', backend, domainName: 'fuzz.lan', multiDomain: r.chance(0.3), remoteServers: r.chance(0.5) ? ['192.0.2.53'] : [],
         capabilities: { aliases: true }, runtimeConfig: { aliases: { [NET]: [`al-${id}`] } }, prevResult: prev(),
       };
       break;
@@ -282,11 +284,11 @@ export function baseCase(plugin: string, r: Rng, id: string, command: string): B
       }
       break;
     case 'traffic-accounting':
-      config = { ...common, type: 'traffic-accounting', instanceId: `inst-${id}`, skipRanges: ['10.0.0.0/8', '192.168.0.0/16'], prevResult: prev() };
+      config = { ...common, type: 'traffic-accounting', backend, instanceId: `inst-${id}`, skipRanges: ['10.0.0.0/8', '192.168.0.0/16'], prevResult: prev() };
       break;
     case 'portmap':
       config = {
-        ...common, type: 'portmap', capabilities: { portMappings: true }, snat: true,
+        ...common, type: 'portmap', backend, capabilities: { portMappings: true }, snat: true,
         runtimeConfig: { portMappings: [{ hostPort: 18080, containerPort: 80, protocol: 'tcp' }, { hostPort: 18081, containerPort: 81, protocol: 'udp', hostIP: GATEWAY }] },
         prevResult: prev(),
       };

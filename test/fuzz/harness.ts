@@ -186,6 +186,8 @@ export class FuzzWorld {
       'echo "##ipt6"; ip6tables-save',
       'echo "##tc"; tc qdisc show',
       'echo "##nft"; nft -j list ruleset bridge 2>/dev/null',
+      // Our nftables tables and the reference's (lib/pf: family inet).
+      'echo "##nft"; nft -j list ruleset inet 2>/dev/null',
       'echo "##sysctl"; grep -H . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv4/conf/*/route_localnet 2>/dev/null',
     ].join('\n');
     // One process tree for the whole snapshot: the slots' namespaces through `ip -n`.
@@ -345,6 +347,9 @@ function parseSections(text: string, tag: string, out: string[]): void {
           if (it.table) out.push(`${tag} nft table ${it.table.family} ${it.table.name}`);
           else if (it.chain) out.push(`${tag} nft chain ${it.chain.family} ${it.chain.table} ${it.chain.name} hook=${it.chain.hook ?? '-'} prio=${it.chain.prio ?? '-'}`);
           else if (it.rule) out.push(`${tag} nft rule ${it.rule.family} ${it.rule.table} ${it.rule.chain} ${JSON.stringify(it.rule.expr)} comment=${it.rule.comment ?? '-'}`);
+          else if (it.set) out.push(`${tag} nft set ${it.set.family} ${it.set.table} ${it.set.name} ${JSON.stringify(it.set.elem ?? [])}`);
+          else if (it.map) out.push(`${tag} nft map ${it.map.family} ${it.map.table} ${it.map.name} ${JSON.stringify(it.map.elem ?? [])}`);
+          else if (it.counter) out.push(`${tag} nft counter ${it.counter.family} ${it.counter.table} ${it.counter.name}`);
         }
         break;
       }

@@ -261,6 +261,7 @@ describe('bad input gets the right code and leaves nothing behind', () => {
     ['container id with ..', (p) => ({ call: { containerId: '../../etc', netns: p }, conf: netconf() }), 4],
     ['network name with /', (p) => ({ call: { containerId: 'x', netns: p }, conf: netconf({ name: '../evil/net' }) }), 7],
     ['ipMasq not a boolean', (p) => ({ call: { containerId: 'x', netns: p }, conf: netconf({ ipMasq: 'yes' }) }), 7],
+    ['unknown ipMasqBackend', (p) => ({ call: { containerId: 'x', netns: p }, conf: netconf({ ipMasqBackend: 'pf' }) }), 7],
     ['netns that does not exist', () => ({ call: { containerId: 'x', netns: '/var/run/netns/nope-cnits' }, conf: netconf() }), 4],
   ];
   for (const [name, make, code] of cases) {

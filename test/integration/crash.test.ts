@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { afterAll, describe, it } from 'vitest';
 import { Sandbox, TEST_BIN } from '../helpers/sandbox.js';
+import { FP, isFailpoint, type Failpoint } from '../../lib/cni/failpoints.js';
 import { inNetns, MODE, modeEnv } from '../helpers/mode.js';
 import { mulberry32 } from '../fuzz/generate.js';
 import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
@@ -25,7 +26,8 @@ import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
  * CNI_TS_TRACE=1 prints the failpoints each plugin passes, and every
  * occurrence of each (`label#n`) becomes a case — except `main` and
  * `contract loaded`, which come before anything is read and are the same
- * case as `plugin loaded`.
+ * case as `plugin loaded`. Labels are lib/cni/failpoints.ts's constants (a
+ * traced label that is none of them fails the test).
  *
  * Kills during DEL too ("DEL killed"): every failpoint a DEL of either list
  * passes; the runtime's DEL stops at the dead plugin, and its retry (the
@@ -208,7 +210,7 @@ function diedAtFailpoint(r: Run, command: 'ADD' | 'DEL'): boolean {
 interface KillPoint {
   index: number;
   type: string;
-  label?: string;
+  label?: Failpoint;
   nth?: number;
   fraction?: number;
   delayMs?: number;
@@ -217,8 +219,16 @@ const pointName = (k: KillPoint) => (k.label !== undefined ? `${k.type} @ ${k.la
 
 interface Pass {
   type: string;
-  labels: string[];
+  labels: Failpoint[];
   ms: number;
+}
+
+/** The failpoints a run passed, from its CNI_TS_TRACE=1 stderr (each must be one of lib/cni/failpoints.ts). */
+function tracedLabels(stderr: string): Failpoint[] {
+  return [...stderr.matchAll(/^\[trace\] [\d.]+ ms (.*)$/gm)].map((m) => {
+    if (!isFailpoint(m[1])) throw new Error(`traced label ${JSON.stringify(m[1])} is not a failpoint of lib/cni/failpoints.ts`);
+    return m[1];
+  });
 }
 
 class Runtime {
@@ -278,7 +288,7 @@ class Runtime {
       const r = await this.plugin(p.type, this.env('ADD', c, trace ? { CNI_TS_TRACE: '1' } : {}), this.conf(list, p, caps, prev));
       if (r.code !== 0) throw new Error(`ADD ${p.type} for ${c.id} failed: ${describeRun(r)}`);
       prev = JSON.parse(r.stdout);
-      passes.push({ type: p.type, labels: [...r.stderr.matchAll(/^\[trace\] [\d.]+ ms (.*)$/gm)].map((m) => m[1]), ms: r.ms });
+      passes.push({ type: p.type, labels: tracedLabels(r.stderr), ms: r.ms });
     }
     return { result: prev!, passes };
   }
@@ -325,7 +335,7 @@ class Runtime {
       const p = list.plugins[i];
       const r = await this.plugin(p.type, this.env('DEL', c, { CNI_TS_TRACE: '1' }), this.conf(list, p, caps, result));
       if (r.code !== 0) throw new Error(`DEL ${p.type} for ${c.id} failed: ${describeRun(r)}`);
-      passes[i] = { type: p.type, labels: [...r.stderr.matchAll(/^\[trace\] [\d.]+ ms (.*)$/gm)].map((m) => m[1]), ms: r.ms };
+      passes[i] = { type: p.type, labels: tracedLabels(r.stderr), ms: r.ms };
     }
     return passes;
   }
@@ -473,18 +483,18 @@ function diff(before: Snapshot, after: Snapshot): string {
 
 // ---------------------------------------------------------------- cases
 
-const BEFORE_ANYTHING = new Set(['main', 'contract loaded']);
+const BEFORE_ANYTHING = new Set<Failpoint>([FP.entry.main, FP.entry.contractLoaded]);
 /** Failpoints before a plugin has changed anything. */
-const BEFORE_CHANGES = new Set([
-  'plugin loaded', 'iptables: locking', 'iptables: lock held', 'iptables: saved', 'iptables: planned',
-  'bridge: sockets open', 'host-local: locked', 'dnsname: locked', 'dnsname: state read', 'aos-firewall: state locked',
+const BEFORE_CHANGES = new Set<Failpoint>([
+  FP.entry.pluginLoaded, FP.iptables.locking, FP.iptables.lockHeld, FP.iptables.saved, FP.iptables.planned,
+  FP.bridge.socketsOpen, FP.hostLocal.locked, FP.dnsname.locked, FP.dnsname.stateRead, FP.aosFirewall.stateLocked,
 ]);
 
 /** Every occurrence of every failpoint the plugins passed (or those `only` picks), as kill points. */
-function failpointsOf(passes: Pass[], only?: (type: string, label: string) => boolean): KillPoint[] {
+function failpointsOf(passes: Pass[], only?: (type: string, label: Failpoint) => boolean): KillPoint[] {
   const out: KillPoint[] = [];
   passes.forEach((p, index) => {
-    const seen = new Map<string, number>();
+    const seen = new Map<Failpoint, number>();
     for (const label of p.labels) {
       const nth = (seen.get(label) ?? 0) + 1;
       seen.set(label, nth);
@@ -510,7 +520,7 @@ interface Outcome {
   detail: string;
 }
 const tally = {
-  failpoints: 0, timed: 0, timedFinished: 0, clean: 0, byMode: new Map<string, number>(), labels: new Map<string, Set<string>>(),
+  failpoints: 0, timed: 0, timedFinished: 0, clean: 0, byMode: new Map<string, number>(), labels: new Map<string, Set<Failpoint>>(),
   ms: { add: 0, del: 0, gc: 0, snapshot: 0 },
 };
 const started = performance.now();
@@ -675,7 +685,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
       const { result, passes } = await rt.add(probe, true);
       expect(await rt.del(probe, result)).toEqual([]);
       await rt.removeContainer(probe);
-      const points = [...sample(failpointsOf(passes, (t, l) => t === 'dnsname' || l === 'done'), SAMPLED.neighbour, 11 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
+      const points = [...sample(failpointsOf(passes, (t, l) => t === 'dnsname' || l === FP.entry.done), SAMPLED.neighbour, 11 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
       expect(report(await runCases(rt, points, { neighbours: [neighbour], snap: {}, mode: `${name} (neighbour)` }))).toBe('');
     }, TIMEOUT);
   });

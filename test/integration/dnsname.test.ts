@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, Sandbox } from '../helpers/sandbox.js';
 import { resolve } from '../helpers/traffic.js';
+import { BACKENDS, type TestBackend } from '../helpers/backends.js';
 
 const BRIDGE = join(BIN, 'bridge');
 const DNSNAME = join(BIN, 'dnsname');
@@ -14,6 +15,8 @@ beforeEach(() => {
   xdg = join(sb.dir, 'xdg');
 });
 afterEach(() => sb.cleanup());
+/** The packet-filter backend of the port-53 opening (unset: the plugin's default). */
+let backend: TestBackend | undefined;
 
 interface Net {
   name: string;
@@ -31,7 +34,7 @@ const ourDnsmasq = () => sb.strays().filter((pid) => readFileSync(`/proc/${pid}/
 function dnsConf(net: Net, aliases: string[], prevResult?: unknown, extra: Record<string, unknown> = {}) {
   return {
     cniVersion: '1.0.0', name: net.name, type: 'dnsname', domainName: net.domain, multiDomain: net.multiDomain ?? false,
-    capabilities: { aliases: true }, runtimeConfig: { aliases: { [net.name]: aliases } }, ...(prevResult ? { prevResult } : {}), ...extra,
+    capabilities: { aliases: true }, runtimeConfig: { aliases: { [net.name]: aliases } }, ...(prevResult ? { prevResult } : {}), ...(backend ? { backend } : {}), ...extra,
   };
 }
 const call = (command: string, id: string, path: string, name: string) => ({ command, containerId: id, netns: path, args: `IgnoreUnknown=1;K8S_POD_NAME=${name}`, env: { XDG_RUNTIME_DIR: xdg } });
@@ -51,7 +54,64 @@ function addInstance(net: Net, id: string, name: string, aliases: string[] = [])
 }
 const run = (i: ReturnType<typeof addInstance>, command: string, conf: unknown = i.conf) => sb.plugin(DNSNAME, call(command, i.id, i.path, i.name), conf);
 
-describe('dnsname with real queries', () => {
+const filterText = () => sb.inHost(['iptables-save', '-t', 'filter']).stdout;
+const nftText = () => sb.inHost(['nft', 'list', 'table', 'inet', 'cni_ts_dns']).stdout;
+/** Whether `net`'s port-53 opening exists in backend `b`. */
+function opened(net: Net, b: TestBackend = backend ?? 'iptables'): boolean {
+  if (b === 'iptables') return filterText().includes(`-A INPUT -i ${net.bridge} -p udp -m udp --dport 53 -m comment --comment "cni-ts dnsname: ${net.name}" -j ACCEPT`);
+  return nftText().includes(`"${net.bridge}" comment "cni-ts dnsname: ${net.name}"`);
+}
+/** Packets the nftables opening's rule has accepted. */
+const nftAccepted = () => Number(/counter packets (\d+)/.exec(nftText())?.[1] ?? -1);
+
+describe.each(BACKENDS)('dnsname with real queries (port 53 opened on %s)', (b) => {
+  beforeEach(() => {
+    backend = b;
+  });
+  afterEach(() => {
+    backend = undefined;
+  });
+
+  it('the opening carries the queries: with the host\'s INPUT dropping everything else (iptables), or counted by our rule (nftables)', () => {
+    if (b === 'iptables') {
+      // Only loopback and our rules let anything in.
+      expect(sb.inHost(['iptables', '-A', 'INPUT', '-i', 'lo', '-j', 'ACCEPT']).code).toBe(0);
+      expect(sb.inHost(['iptables', '-P', 'INPUT', 'DROP']).code).toBe(0);
+    }
+    const web = addInstance(NET_A, 'c-web', 'web');
+    const db = addInstance(NET_A, 'c-db', 'db');
+    const before = b === 'nftables' ? nftAccepted() : 0;
+    expect(resolve(sb.dir, db.ns, '10.71.1.1', 'web.a.lan')).toBe(web.ip);
+    expect(resolve(sb.dir, web.ns, '10.71.1.1', 'db.a.lan')).toBe(db.ip);
+    if (b === 'nftables') expect(nftAccepted()).toBeGreaterThan(before);
+    expect(run(web, 'DEL').code).toBe(0);
+    expect(resolve(sb.dir, db.ns, '10.71.1.1', 'db.a.lan')).toBe(db.ip); // db's network keeps its opening
+    expect(run(db, 'DEL').code).toBe(0);
+    expect(opened(NET_A)).toBe(false);
+  });
+
+  it('an opening made under the other backend is closed by this backend\'s last DEL (a switched network)', () => {
+    const other: TestBackend = b === 'iptables' ? 'nftables' : 'iptables';
+    backend = other;
+    const web = addInstance(NET_A, 'c-web', 'web');
+    expect(opened(NET_A, other)).toBe(true);
+    expect(opened(NET_A, b)).toBe(false);
+    backend = b;
+    expect(run(web, 'DEL', { ...web.conf, backend: b }).code).toBe(0);
+    expect(opened(NET_A, other)).toBe(false);
+    expect(opened(NET_A, b)).toBe(false);
+  });
+
+  it('CHECK fails once the opening is removed by hand', () => {
+    const web = addInstance(NET_A, 'c-web', 'web');
+    expect(run(web, 'CHECK').code).toBe(0);
+    if (b === 'iptables') sb.inHost(['iptables', '-D', 'INPUT', '-i', NET_A.bridge, '-p', 'tcp', '-m', 'tcp', '--dport', '53', '-m', 'comment', '--comment', `cni-ts dnsname: ${NET_A.name}`, '-j', 'ACCEPT']);
+    else sb.inHost(['nft', 'delete', 'element', 'inet', 'cni_ts_dns', 'bridges', `{ "${NET_A.bridge}" }`]);
+    const r = run(web, 'CHECK');
+    expect(r.json).toMatchObject({ code: 115, details: expect.stringContaining(NET_A.bridge) });
+    expect(run(web, 'DEL').code).toBe(0);
+  });
+
   it('names and aliases resolve through the nameserver in the result; DEL makes them NXDOMAIN', () => {
     const web = addInstance(NET_A, 'c-web', 'web', ['www']);
     const db = addInstance(NET_A, 'c-db', 'db');
@@ -64,18 +124,18 @@ describe('dnsname with real queries', () => {
     expect(resolve(sb.dir, db.ns, ns, 'web.a.lan')).toBe(web.ip);
     expect(resolve(sb.dir, web.ns, ns, 'db.a.lan')).toBe(db.ip);
     expect(readFileSync(join(netDir(NET_A), 'addnhosts'), 'utf8')).toBe(`${web.ip}\tweb\twww\n${db.ip}\tdb\n`);
-    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toContain('-A INPUT -i dnsa0 -p udp -m udp --dport 53');
+    expect(opened(NET_A)).toBe(true);
 
     expect(run(web, 'DEL').code).toBe(0);
     expect(resolve(sb.dir, db.ns, ns, 'web.a.lan')).toBe('ENOTFOUND');
     expect(resolve(sb.dir, db.ns, ns, 'www.a.lan')).toBe('ENOTFOUND');
     expect(resolve(sb.dir, db.ns, ns, 'db.a.lan')).toBe(db.ip);
-    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).toContain('--dport 53'); // db still needs it
+    expect(opened(NET_A)).toBe(true); // db still needs it
 
     expect(run(db, 'DEL').code).toBe(0);
     expect(ourDnsmasq()).toEqual([]);
     expect(existsSync(netDir(NET_A))).toBe(false);
-    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('--dport 53');
+    expect(opened(NET_A)).toBe(false);
     expect(run(db, 'DEL').code).toBe(0); // again: fine
   });
 
@@ -89,6 +149,48 @@ describe('dnsname with real queries', () => {
     expect(readFileSync(join(netDir(NET_A), 'localservers.conf'), 'utf8')).toBe(''); // kept in step
   });
 
+  it('DEL succeeds after /run was wiped, and stops the dnsmasq it can no longer find by pidfile', () => {
+    const web = addInstance(NET_A, 'c-web', 'web');
+    expect(ourDnsmasq()).toHaveLength(1);
+    rmSync(join(xdg, 'containers'), { recursive: true, force: true });
+    expect(run(web, 'DEL').code).toBe(0);
+    expect(ourDnsmasq()).toEqual([]);
+    expect(opened(NET_A)).toBe(false);
+  });
+
+  it('remoteServers become the upstream servers', async () => {
+    // A "remote" DNS server in a namespace of its own, reached through the test host.
+    const remote = sb.container();
+    const { must } = await import('../helpers/sandbox.js');
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', remote.name]);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '198.51.100.1/24', 'dev', 'up0']);
+    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'up0', 'up']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'addr', 'add', '198.51.100.53/24', 'dev', 'eth0']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'eth0', 'up']);
+    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'lo', 'up']);
+    const upstream = spawn('ip', ['netns', 'exec', remote.name, '/usr/sbin/dnsmasq', '--no-daemon', '--no-resolv', '--no-hosts', `--pid-file=${join(sb.dir, 'remote.pid')}`,
+      '--listen-address=198.51.100.53', '--bind-interfaces', '--address=/far.example/192.0.2.77'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const net = { ...NET_A };
+      const c = sb.container();
+      const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'r1', netns: c.path }, {
+        cniVersion: '1.0.0', name: net.name, type: 'bridge', bridge: net.bridge, isGateway: true,
+        ipam: { type: 'host-local', subnet: net.subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: join(sb.dir, 'ipam') },
+      });
+      const d = sb.plugin(DNSNAME, call('ADD', 'r1', c.path, 'r1'), dnsConf(net, [], b.json, { remoteServers: ['198.51.100.53'] }));
+      expect(d.code, d.stdout).toBe(0);
+      expect(readFileSync(join(netDir(net), 'localservers.conf'), 'utf8')).toBe('server=198.51.100.53\n');
+      expect(resolve(sb.dir, c.name, '10.71.1.1', 'host.far.example')).toBe('192.0.2.77');
+      expect(resolve(sb.dir, c.name, '10.71.1.1', 'r1.a.lan')).toBe(b.json.ips[0].address.split('/')[0]);
+    } finally {
+      upstream.kill('SIGKILL');
+    }
+  });
+
+});
+
+describe('dnsname (the default backend: nothing here depends on the packet filter)', () => {
   it('CHECK passes, fails once the hosts line is removed or dnsmasq is killed; the next ADD restarts it', () => {
     const web = addInstance(NET_A, 'c-web', 'web');
     expect(run(web, 'CHECK').code).toBe(0);
@@ -118,15 +220,6 @@ describe('dnsname with real queries', () => {
     const r2 = sb.plugin(DNSNAME, call('ADD', 'c-other', c.path, 'other'), dnsConf(NET_A, ['web'], prev));
     expect(r2.json.code).toBe(116);
     expect(readFileSync(join(netDir(NET_A), 'state.json'), 'utf8')).toBe(before);
-  });
-
-  it('DEL succeeds after /run was wiped, and stops the dnsmasq it can no longer find by pidfile', () => {
-    const web = addInstance(NET_A, 'c-web', 'web');
-    expect(ourDnsmasq()).toHaveLength(1);
-    rmSync(join(xdg, 'containers'), { recursive: true, force: true });
-    expect(run(web, 'DEL').code).toBe(0);
-    expect(ourDnsmasq()).toEqual([]);
-    expect(sb.inHost(['iptables-save', '-t', 'filter']).stdout).not.toContain('--dport 53');
   });
 
   it('never signals a foreign process named in the pidfile', async () => {
@@ -164,37 +257,7 @@ describe('dnsname with real queries', () => {
     expect(existsSync(netDir(NET_A))).toBe(false);
   });
 
-  it('remoteServers become the upstream servers', async () => {
-    // A "remote" DNS server in a namespace of its own, reached through the test host.
-    const remote = sb.container();
-    const { must } = await import('../helpers/sandbox.js');
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', remote.name]);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'addr', 'add', '198.51.100.1/24', 'dev', 'up0']);
-    must(['ip', 'netns', 'exec', sb.host, 'ip', 'link', 'set', 'up0', 'up']);
-    must(['ip', 'netns', 'exec', remote.name, 'ip', 'addr', 'add', '198.51.100.53/24', 'dev', 'eth0']);
-    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'eth0', 'up']);
-    must(['ip', 'netns', 'exec', remote.name, 'ip', 'link', 'set', 'lo', 'up']);
-    const upstream = spawn('ip', ['netns', 'exec', remote.name, '/usr/sbin/dnsmasq', '--no-daemon', '--no-resolv', '--no-hosts', `--pid-file=${join(sb.dir, 'remote.pid')}`,
-      '--listen-address=198.51.100.53', '--bind-interfaces', '--address=/far.example/192.0.2.77'], { stdio: 'ignore' });
-    try {
-      await new Promise((r) => setTimeout(r, 300));
-      const net = { ...NET_A };
-      const c = sb.container();
-      const b = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'r1', netns: c.path }, {
-        cniVersion: '1.0.0', name: net.name, type: 'bridge', bridge: net.bridge, isGateway: true,
-        ipam: { type: 'host-local', subnet: net.subnet, routes: [{ dst: '0.0.0.0/0' }], dataDir: join(sb.dir, 'ipam') },
-      });
-      const d = sb.plugin(DNSNAME, call('ADD', 'r1', c.path, 'r1'), dnsConf(net, [], b.json, { remoteServers: ['198.51.100.53'] }));
-      expect(d.code, d.stdout).toBe(0);
-      expect(readFileSync(join(netDir(net), 'localservers.conf'), 'utf8')).toBe('server=198.51.100.53\n');
-      expect(resolve(sb.dir, c.name, '10.71.1.1', 'host.far.example')).toBe('192.0.2.77');
-      expect(resolve(sb.dir, c.name, '10.71.1.1', 'r1.a.lan')).toBe(b.json.ips[0].address.split('/')[0]);
-    } finally {
-      upstream.kill('SIGKILL');
-    }
-  });
-
-  it('STATUS says dnsmasq is available', () => {
+  it('STATUS says dnsmasq and the backend\'s tools are available', () => {
     expect(sb.plugin(DNSNAME, call('STATUS', '', '', 'x'), { ...dnsConf(NET_A, []), cniVersion: '1.1.0' }).code).toBe(0);
   });
 });
@@ -210,6 +273,7 @@ describe('dnsname: bad input writes nothing', () => {
     ['a missing prevResult', { prevResult: undefined }, 'web', 7],
     ['a remote server that is not an address', { remoteServers: ['1.2.3.4#53'] }, 'web', 7],
     ['a bridge in prevResult that does not exist', { prevResult: { ...prev, interfaces: [{ name: 'nosuchbr0' }] } }, 'web', 7],
+    ['an unknown packet-filter backend', { backend: 'firewalld' }, 'web', 7],
   ];
   for (const [name, patch, podName, code] of cases) {
     it(name, () => {

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, must, Sandbox } from '../helpers/sandbox.js';
-import { stdHashHex } from '../../lib/iptables/stdhash.js';
+import { stdHashHex } from '../../lib/pf/accounting/stdhash.js';
 
 /**
  * GC is given the valid attachments of ONE network (CNI spec): it must

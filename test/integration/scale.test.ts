@@ -6,6 +6,7 @@ import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
 import { modeEnv, startEngine, stopEngines } from '../helpers/mode.js';
 import { resolve, Traffic } from '../helpers/traffic.js';
 import { FULL, sized } from '../helpers/sample.js';
+import { BACKENDS, type TestBackend } from '../helpers/backends.js';
 
 // Scale (issue 8, item 3): 200 containers ADDed to one bridge through libcni
 // (test/tools/cnitool), 16 in flight, then DELed the same way, for the
@@ -24,7 +25,12 @@ import { FULL, sized } from '../helpers/sample.js';
 // also checks that the per-call time stays flat as the count grows (a
 // scaling check that needs the full count; it is the one timing in here).
 const CNITOOL = join(ROOT, 'test/tools/cnitool/cnitool');
-const COUNT = Number(process.env.CNI_TS_SCALE_COUNT) || sized(48, 200);
+const COUNT_OF: Record<TestBackend, number> = {
+  iptables: Number(process.env.CNI_TS_SCALE_COUNT) || sized(48, 200),
+  // The nftables lists repeat the iptables ones with every plugin on nftables; sampled smaller in `make test`.
+  nftables: Number(process.env.CNI_TS_SCALE_COUNT) || sized(24, 200),
+};
+let COUNT = COUNT_OF.iptables;
 /** Per list, for a machine 4× slower than this one with a CPU-bound process beside it. */
 const TIMEOUT = sized(900_000, 3_600_000);
 const IN_FLIGHT = Number(process.env.CNI_TS_SCALE_IN_FLIGHT) || 16;
@@ -137,6 +143,18 @@ function iptablesSave(table: string, tool = 'iptables-save'): string[] {
   return sb.inHost([tool, '-t', table]).stdout.split('\n').filter((l) => l && !l.startsWith('#'));
 }
 
+/** Lines of `nft list ruleset` in the host namespace that belong to our nftables tables or the reference's. */
+function nftOurs(): string[] {
+  const out: string[] = [];
+  let mine = false;
+  for (const l of sb.inHost(['nft', 'list', 'ruleset']).stdout.split('\n')) {
+    const t = /^table (\S+) (\S+) \{/.exec(l);
+    if (t) mine = /^(cni_ts_|cni_plugins_|cni_hostport$)/.test(t[2]);
+    if (mine && l.trim()) out.push(l.trim());
+  }
+  return out;
+}
+
 function leftovers(s: Scenario, containers: Container[]) {
   const tables = {
     filter: iptablesSave('filter'), nat: iptablesSave('nat'),
@@ -158,6 +176,10 @@ function leftovers(s: Scenario, containers: Container[]) {
       if (s.shared.includes(a[1])) sharedRules.push(`${table} ${l}`);
     }
   }
+  // nftables: our tables and the reference's (never iptables-nft's own ip/ip6 filter and nat, read above).
+  const nftLines = nftOurs();
+  const nftNaming = nftLines.filter((l) => tokens.some((t) => (l + ' ').includes(t)));
+  naming.push(...nftNaming.map((l) => `nft ${l}`));
   const dnsDir = join(sb.dir, 'xdg/containers/cni/dnsname', s.net);
   const ipamDir = join(sb.dir, 'ipam', s.net);
   const list = (d: string) => (existsSync(d) ? readdirSync(d) : []);
@@ -169,7 +191,7 @@ function leftovers(s: Scenario, containers: Container[]) {
       qdiscs: sb.inHost(['tc', 'qdisc', 'show']).stdout.split('\n').filter((l) => l && !/^qdisc noqueue 0: dev /.test(l)),
       chains,
       naming,
-      port53: [...tables.filter, ...tables['ip6 filter']].filter((l) => l.includes('--dport 53 ')),
+      port53: [...tables.filter, ...tables['ip6 filter'], ...nftLines].filter((l) => l.includes('--dport 53 ') || / dport 53 /.test(l)),
       hosts: existsSync(join(dnsDir, 'addnhosts')) ? readFileSync(join(dnsDir, 'addnhosts'), 'utf8').trim() : '',
       dnsnameDir: existsSync(dnsDir),
       daemons: sb.strays(),
@@ -226,7 +248,7 @@ function wrapPlugins(log: string): void {
   }
 }
 
-async function scale(s: Scenario): Promise<void> {
+async function scale(s: Scenario, backend: TestBackend): Promise<void> {
   // A private copy of bin/: a rebuild of the tree during the run must not
   // pull the executable from under 200 containers' worth of calls.
   await privateBin();
@@ -299,14 +321,22 @@ async function scale(s: Scenario): Promise<void> {
   // (whose first 50 also pay for 16 cold starts at once). Generous for this
   // noisy 2-core machine; a scan costing some 10 ms per container and call
   // under a lock still fails it.
-  if (FULL && COUNT >= 150) {
+  // The nftables run is held to the issue's own bound (median of the last 50 within 1.3x of the first 50).
+  if (FULL && COUNT >= 150 && backend === 'nftables') {
+    expect(addTimes.last, 'nftables ADD time grows with the number of containers').toBeLessThan(1.3 * addTimes.first);
+    expect(delTimes.first, 'nftables DEL time grows with the number of containers').toBeLessThan(1.3 * delTimes.last);
+  } else if (FULL && COUNT >= 150) {
     expect(addTimes.last, 'ADD time grows with the number of containers').toBeLessThan(2 * addTimes.first + 500);
     expect(delTimes.first, 'DEL time grows with the number of containers').toBeLessThan(2.5 * delTimes.last + 500);
   }
 }
 
-describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, () => {
-  it(`podman-style list: bridge, portmap, firewall, ${TUNING ? 'tuning, ' : ''}dnsname`, { timeout: TIMEOUT }, async () => {
+describe.each(BACKENDS)(`scale (%s): containers ${IN_FLIGHT} at a time, through libcni`, (backend) => {
+  const nft = backend === 'nftables';
+  beforeEach(() => {
+    COUNT = COUNT_OF[backend];
+  });
+  it(`podman-style list, ${COUNT_OF[backend]} containers: bridge, portmap, firewall, ${TUNING ? 'tuning, ' : ''}dnsname`, { timeout: TIMEOUT }, async () => {
     if (!TUNING) console.log('bin/tuning does not exist yet: the podman-style list runs without tuning');
     const ipamDir = join(sb.dir, 'ipam');
     await scale({
@@ -318,22 +348,30 @@ describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, (
         name: 'podscale',
         plugins: [
           {
-            type: 'bridge', bridge: 'cni-scale0', isGateway: true, ipMasq: true, hairpinMode: true,
+            type: 'bridge', bridge: 'cni-scale0', isGateway: true, ipMasq: true, hairpinMode: true, ipMasqBackend: backend,
             ipam: { type: 'host-local', dataDir: ipamDir, routes: [{ dst: '0.0.0.0/0' }], ranges: [[{ subnet: '10.120.0.0/22', gateway: '10.120.0.1' }]] },
           },
-          { type: 'portmap', capabilities: { portMappings: true }, snat: true },
-          { type: 'firewall', backend: 'iptables', ingressPolicy: 'same-bridge' },
+          { type: 'portmap', capabilities: { portMappings: true }, snat: true, backend },
+          { type: 'firewall', backend, ingressPolicy: 'same-bridge' },
           ...(TUNING ? [{ type: 'tuning', sysctl: { 'net.ipv4.conf.IFNAME.arp_notify': '1' }, dataDir: join(sb.dir, 'tuning') }] : []),
-          { type: 'dnsname', domainName: 'dns.podman', capabilities: { aliases: true } },
+          { type: 'dnsname', domainName: 'dns.podman', capabilities: { aliases: true }, backend },
         ],
       }),
       cap: (i) => ({ portMappings: [{ hostPort: 20000 + i, containerPort: 80, protocol: 'tcp' }] }),
       shared: ['CNI-HOSTPORT-DNAT', 'CNI-HOSTPORT-MASQ', 'CNI-HOSTPORT-SETMARK', 'CNI-FORWARD', 'CNI-ADMIN', 'CNI-ISOLATION-STAGE-1', 'CNI-ISOLATION-STAGE-2'],
-      tokens: (_c, i) => [`--dport ${20000 + i} `, `--dports ${20000 + i} `],
+      tokens: (_c, i) => [`--dport ${20000 + i} `, `--dports ${20000 + i} `, ` dport ${20000 + i} `],
       verify: async (containers) => {
         const nat = iptablesSave('nat');
-        expect(nat.filter((l) => /^:CNI-DN-/.test(l)).length, 'portmap chains').toBe(COUNT);
-        expect(nat.filter((l) => /^:CNI-[0-9a-f]{24} /.test(l)).length, 'ipMasq chains').toBe(COUNT);
+        if (nft) {
+          // Nothing of these containers on the iptables side; every one in the nftables tables.
+          expect(nat.filter((l) => /^:CNI-DN-|^:CNI-[0-9a-f]{24} /.test(l)), 'iptables chains in nftables mode').toEqual([]);
+          const ruleset = nftOurs().join('\n');
+          const missing = containers.filter((c) => !ruleset.includes(`saddr ${c.ip} `)).map((c) => c.ip);
+          expect(missing, 'containers without masquerade rules in nftables').toEqual([]);
+        } else {
+          expect(nat.filter((l) => /^:CNI-DN-/.test(l)).length, 'portmap chains').toBe(COUNT);
+          expect(nat.filter((l) => /^:CNI-[0-9a-f]{24} /.test(l)).length, 'ipMasq chains').toBe(COUNT);
+        }
         // A published port works for the first and the last container: host → bridge address:hostPort → container:80.
         const traffic = new Traffic(sb.dir);
         try {
@@ -349,10 +387,10 @@ describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, (
           expect(sb.inNs(containers[i].ns.name, ['cat', '/proc/sys/net/ipv4/conf/eth0/arp_notify']).stdout.trim(), `arp_notify in #${i}`).toBe('1');
         }
       },
-    });
+    }, backend);
   });
 
-  it('Aos list: bridge, dnsname, aos-firewall, bandwidth, traffic-accounting (one list per instance, as the Aos service manager writes)', { timeout: TIMEOUT }, async () => {
+  it(`Aos list, ${COUNT_OF[backend]} containers: bridge, dnsname, aos-firewall, bandwidth, traffic-accounting (one list per instance, as the Aos service manager writes)`, { timeout: TIMEOUT }, async () => {
     const ipamDir = join(sb.dir, 'ipam');
     const uuid = (i: number) => `5ca1e000-0000-4000-8000-${String(i).padStart(12, '0')}`;
     await scale({
@@ -364,18 +402,18 @@ describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, (
         name: 'aosscale',
         plugins: [
           {
-            type: 'bridge', bridge: 'br-aosscale', hairpinMode: true, ipMasq: true, isGateway: true,
+            type: 'bridge', bridge: 'br-aosscale', hairpinMode: true, ipMasq: true, isGateway: true, ipMasqBackend: backend,
             ipam: { Name: '', type: 'host-local', dataDir: ipamDir, subnet: '10.124.0.0/22', routes: [{ dst: '0.0.0.0/0' }] },
           },
-          { type: 'dnsname', capabilities: { aliases: true }, domainName: 'aosscale', multiDomain: true, remoteServers: ['192.0.2.53'] },
+          { type: 'dnsname', capabilities: { aliases: true }, domainName: 'aosscale', multiDomain: true, remoteServers: ['192.0.2.53'], backend },
           {
-            type: 'aos-firewall', uuid: uuid(i), iptablesAdminChainName: `INSTANCE_${uuid(i)}`, runtimeStatePath: join(sb.dir, 'aos_chains.conf'),
+            type: 'aos-firewall', backend, uuid: uuid(i), iptablesAdminChainName: `INSTANCE_${uuid(i)}`, runtimeStatePath: join(sb.dir, 'aos_chains.conf'),
             allowPublicConnections: false,
             inputAccess: [{ port: '8080', protocol: 'tcp' }, { port: '9090', protocol: 'udp' }],
             outputAccess: [{ dstIp: '198.51.100.5', dstPort: '8080', proto: 'tcp' }],
           },
           { type: 'bandwidth', ingressRate: 1_000_000, ingressBurst: 12800, egressRate: 2_000_000, egressBurst: 12800 },
-          { type: 'traffic-accounting', instanceId: uuid(i) },
+          { type: 'traffic-accounting', instanceId: uuid(i), backend },
         ],
       }),
       shared: ['AOS-FORWARD', 'AOS-FORWARD-PORT', 'AOS-OUTPUT'],
@@ -385,11 +423,18 @@ describe(`scale: ${COUNT} containers, ${IN_FLIGHT} at a time, through libcni`, (
         expect(sb.inHost(['ip', '-o', 'link', 'show', 'type', 'ifb']).stdout.trim().split('\n').length, 'ifbs').toBe(COUNT);
         expect(sb.inHost(['tc', 'qdisc', 'show']).stdout.split('\n').filter((l) => l.startsWith('qdisc tbf ')).length, 'tbf qdiscs').toBe(2 * COUNT);
         const filter = iptablesSave('filter');
-        expect(filter.filter((l) => /^:CNI-[0-9a-f]{24} /.test(l)).length, 'aos-firewall instance chains').toBe(COUNT);
-        expect(filter.filter((l) => /^:AOS_[0-9a-f]+_(IN|OUT) /.test(l)).length, 'accounting chains').toBe(2 * COUNT);
+        if (nft) {
+          expect(filter.filter((l) => /^:CNI-[0-9a-f]{24} |^:AOS_[0-9a-f]+_(IN|OUT) /.test(l)), 'iptables chains in nftables mode').toEqual([]);
+          const ruleset = nftOurs().join('\n');
+          const missing = [...Array(COUNT).keys()].filter((i) => !ruleset.includes(uuid(i))).map(uuid);
+          expect(missing, 'instances absent from the nftables tables').toEqual([]);
+        } else {
+          expect(filter.filter((l) => /^:CNI-[0-9a-f]{24} /.test(l)).length, 'aos-firewall instance chains').toBe(COUNT);
+          expect(filter.filter((l) => /^:AOS_[0-9a-f]+_(IN|OUT) /.test(l)).length, 'accounting chains').toBe(2 * COUNT);
+        }
         const state = JSON.parse(readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8'));
         expect(Object.keys(state).length, 'aos-firewall state entries').toBe(COUNT);
       },
-    });
+    }, backend);
   });
 });

@@ -6,6 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, must, Sandbox, sh } from '../helpers/sandbox.js';
 import { modeEnvArgs } from '../helpers/mode.js';
 import { parseMetrics } from '../helpers/prometheus.js';
+import { BACKENDS, type TestBackend } from '../helpers/backends.js';
+import { stdHashHex } from '../../lib/pf/accounting/stdhash.js';
 
 // The traffic monitor of cni-manager (`traffic`, `serve`) against real
 // accounting chains in a throwaway namespace. Failures are real ones: the
@@ -51,18 +53,24 @@ function managerArgv(args: string[]): string[] {
 }
 const manager = (args: string[]) => sh(managerArgv(args));
 
-/** A list with bridge + traffic-accounting; a peer outside the local ranges; one instance added. */
-function setup(instanceId = 'inst-1'): { list: string; c: { name: string; path: string } } {
-  sb.outsidePeer();
-  const list = join(sb.dir, 'list.conflist');
+/** A list with bridge + traffic-accounting (in `backend` when given); the file's path. */
+function writeList(name: string, instanceId: string, backend?: TestBackend): string {
+  const list = join(sb.dir, name);
   writeFileSync(list, JSON.stringify({
     cniVersion: '0.4.0', name: 'tmon',
     plugins: [
       { type: 'bridge', bridge: 'br-tmon', isGateway: true,
         ipam: { type: 'host-local', dataDir: join(sb.dir, 'ipam'), subnet: '10.85.0.0/24', routes: [{ dst: '0.0.0.0/0' }] } },
-      { type: 'traffic-accounting', instanceId },
+      { type: 'traffic-accounting', instanceId, ...(backend ? { backend } : {}) },
     ],
   }));
+  return list;
+}
+
+/** A list with bridge + traffic-accounting; a peer outside the local ranges; one instance added. */
+function setup(instanceId = 'inst-1', backend?: TestBackend): { list: string; c: { name: string; path: string } } {
+  sb.outsidePeer();
+  const list = writeList('list.conflist', instanceId, backend);
   const c = sb.container();
   const add = manager(['add', list, 'inst-1', '--netns', c.path]);
   expect(add.code, add.stderr).toBe(0);
@@ -74,6 +82,19 @@ function setup(instanceId = 'inst-1'): { list: string; c: { name: string; path: 
 function ping(ns: string, count: number, size = 1000): void {
   must(['ip', 'netns', 'exec', ns, 'ping', '-q', '-c', String(count), '-i', '0.01', '-s', String(size), '-W', '2', '203.0.113.9']);
 }
+/** Whether one ping from the instance to `dst` is answered. */
+const answered = (ns: string, dst: string) => sh(['ip', 'netns', 'exec', ns, 'ping', '-q', '-c', '1', '-W', '1', dst]).code === 0;
+
+/** The named counters of the nftables accounting table: name → bytes. */
+function nftCounters(): Map<string, number> {
+  const r = sb.inHost(['nft', '-j', 'list', 'counters', 'table', 'inet', 'cni_ts_accounting']);
+  const out = new Map<string, number>();
+  if (r.code !== 0) return out;
+  for (const item of JSON.parse(r.stdout).nftables) if (item.counter) out.set(item.counter.name, item.counter.bytes);
+  return out;
+}
+/** The instance's upload counter in `backend` (iptables: read through the legacy tools this file's monitor uses). */
+const uploadIn = (backend: TestBackend) => (backend === 'iptables' ? uploadCounter() : nftCounters().get(`AOS_${stdHashHex('inst-1')}_OUT`) ?? NaN);
 
 /** Byte counter of the instance's upload counting rule (`-s <ip>/32`, no target), read by the legacy backend. */
 function uploadCounter(): number {
@@ -287,4 +308,54 @@ describe('traffic monitor', () => {
     expect(mode(deeper)).toBe('600');
     expect(mode(join(sb.dir, 'new-dir'))).toBe('700');
   });
+});
+
+describe.each(BACKENDS)('traffic monitor on %s', (backend) => {
+  it('one collection reads the counters exactly, a crossed limit drops the traffic, a raised one lets it through and counts on', () => {
+    const { list, c } = setup('inst-1', backend);
+    const db = join(sb.dir, 'traffic.db');
+    const other: TestBackend = backend === 'iptables' ? 'nftables' : 'iptables';
+    ping(c.name, 5);
+    const c1 = uploadIn(backend);
+    expect(c1).toBeGreaterThan(5 * 1000);
+    // The list's backend changed since the instance was added: its counters are still read where the plugin put them.
+    const switched = writeList('switched.conflist', 'inst-1', other);
+    const first = manager(['traffic', switched, '--db', db, '--backend', backend]);
+    expect(first.code, first.stderr).toBe(0);
+    expect(usageOf(first.stdout)).toMatchObject({ upload: c1, state: 'ok' });
+    expect(first.stdout).toMatch(/^\(system\) /m); // the system counters, in --backend
+    if (backend === 'nftables') {
+      expect([...nftCounters().keys()]).toEqual(expect.arrayContaining(['AOS_SYSTEM_IN', 'AOS_SYSTEM_OUT']));
+      expect(legacyFilter()).not.toContain('AOS_');
+    } else {
+      expect(legacyFilter()).toContain('-A INPUT -j AOS_SYSTEM_IN');
+      expect(nftCounters().size).toBe(0);
+    }
+
+    // Over the limit: blocked, the peer unreachable, the local ranges still reachable (the gateway).
+    const blocked = manager(['traffic', list, '--db', db, '--limits', JSON.stringify({ 'inst-1': { upload: 1000 } })]);
+    expect(blocked.code, blocked.stderr).toBe(0);
+    expect(usageOf(blocked.stdout)).toMatchObject({ upload: c1, state: 'BLOCKED' });
+    expect(answered(c.name, '203.0.113.9')).toBe(false);
+    expect(answered(c.name, '10.85.0.1')).toBe(true);
+    const again = manager(['traffic', list, '--db', db, '--limits', JSON.stringify({ 'inst-1': { upload: 1000 } })]);
+    expect(usageOf(again.stdout)).toMatchObject({ upload: c1, state: 'BLOCKED' }); // nothing counted while blocked
+
+    // A raised limit: counting again from a fresh counter, the total continues exactly.
+    const raised = JSON.stringify({ 'inst-1': { upload: 1e12 } });
+    const open = manager(['traffic', list, '--db', db, '--limits', raised]);
+    expect(usageOf(open.stdout)).toMatchObject({ upload: c1, state: 'ok' });
+    expect(uploadIn(backend)).toBe(0);
+    ping(c.name, 3);
+    const c2 = uploadIn(backend);
+    expect(c2).toBeGreaterThan(3 * 1000);
+    const last = manager(['traffic', list, '--db', db, '--limits', raised]);
+    expect(usageOf(last.stdout)).toMatchObject({ upload: c1 + c2, state: 'ok' });
+
+    // traffic-off removes the system counters (in every backend), the instance's stay with the plugin.
+    expect(manager(['traffic-off']).code).toBe(0);
+    expect(legacyFilter()).not.toContain('AOS_SYSTEM');
+    expect([...nftCounters().keys()].filter((k) => k.startsWith('AOS_SYSTEM'))).toEqual([]);
+    expect(uploadIn(backend)).toBe(c2);
+  }, 240_000);
 });

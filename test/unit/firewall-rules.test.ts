@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import { ownerComment } from '../../lib/pf/forward/nftables.js';
+import { openingComment, openingRule } from '../../lib/pf/coexist.js';
 import { rule, portCount, addr } from '../../lib/iptables/rule.js';
 import { chainName } from '../../lib/iptables/names.js';
 import { TablePlan, parseSave } from '../../lib/iptables/index.js';
 import { maskToBase64, maskToPrefix } from '../../plugins/aos-firewall/state.js';
-import { instanceRules } from '../../plugins/aos-firewall/rules.js';
+import { instanceRules } from '../../lib/pf/aos/rules.js';
 
 describe('rules in iptables-save normal form', () => {
   it('normalises addresses and orders options as save prints them', () => {
@@ -69,5 +71,21 @@ describe('TablePlan', () => {
     p.removeChain('A');
     p.removeChain('Z');
     expect(p.batch.text()).toBe('*filter\n-D FORWARD -j A\n-F A\n-X A\nCOMMIT\n');
+  });
+});
+
+describe('firewall: nftables owner comments and the iptables-side opening (lib/pf/forward, lib/pf/coexist)', () => {
+  it('comments an element with network, container id and ifname, within 128 bytes however long they are', () => {
+    expect(ownerComment({ network: 'podman', containerId: '3f2a9c01', ifname: 'eth0' })).toBe('podman 3f2a9c01 eth0');
+    const long = ownerComment({ network: 'n'.repeat(255), containerId: 'c'.repeat(200), ifname: 'eth0' });
+    expect(Buffer.byteLength(long)).toBeLessThanOrEqual(128);
+    expect(long).toMatch(/^~[0-9a-f]{24} ~[0-9a-f]{24} eth0$/);
+    // Two long names stay apart.
+    expect(ownerComment({ network: `${'n'.repeat(60)}a`, containerId: 'x', ifname: 'eth0' })).not.toBe(ownerComment({ network: `${'n'.repeat(60)}b`, containerId: 'x', ifname: 'eth0' }));
+  });
+  it('opens a network with one rule per subnet in iptables-save normal form, its comment within iptables\' 256 bytes', () => {
+    expect(openingRule('net1', '10.62.1.7/24')).toEqual({ chain: 'FORWARD', spec: ['-m', 'conntrack', '--ctorigsrc', '10.62.1.0/24', '-m', 'comment', '--comment', 'cni-ts nftables network net1', '-j', 'ACCEPT'] });
+    expect(openingRule('net1', 'fd00:0::5/64').spec[3]).toBe('fd00::/64');
+    expect(Buffer.byteLength(openingComment('n'.repeat(255)))).toBeLessThanOrEqual(256);
   });
 });

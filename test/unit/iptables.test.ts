@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Batch, parseSave, quoteArg, splitRuleLine } from '../../lib/iptables/index.js';
-import { chainName, masqRules } from '../../lib/iptables/masq.js';
+import { chainName, masqRules } from '../../lib/pf/masq/iptables.js';
 
 describe('iptables-save parsing', () => {
   const text = [

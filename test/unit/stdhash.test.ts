@@ -1,11 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { stdHashHex } from '../../lib/iptables/stdhash.js';
-import { chainsFor, accountingRules } from '../../plugins/traffic-accounting/index.js';
+import { stdHashHex } from '../../lib/pf/accounting/stdhash.js';
+import { chainsFor, accountingRules } from '../../lib/pf/accounting/layout.js';
 
+// The vectors and how they were derived (a C++ program printing
+// std::hash<std::string> with g++/libstdc++): docs/accounting.md.
 describe("libstdc++ std::hash<std::string> (the Aos chain names)", () => {
-  it('matches the vectors from the Aos notes', () => {
+  it('matches libstdc++ for the documented vectors', () => {
     expect(stdHashHex('test-instance')).toBe('596c510788af873a');
     expect(stdHashHex('b8f745c9-9d8c-453e-8098-a29b0b4b9774')).toBe('1ed93ce8b58c0ea5');
+    // Tails of 1, 7, 0 (one whole 8-byte block) and 1 after a block, multi-byte UTF-8, the empty string.
+    expect(['x', 'xxxxxxx', 'xxxxxxxx', 'xxxxxxxxx', 'é-ü', ''].map(stdHashHex)).toEqual([
+      'b83113fab581d78f', 'dc7e15fe5760b753', '2a1474aa0c9ce5f8', '423ac7dea27aa282', 'e6af31fb30eb2846', '553e93901e462a6e',
+    ]);
   });
   it('handles every tail length and the empty string deterministically', () => {
     const seen = new Set<string>();

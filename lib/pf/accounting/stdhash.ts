@@ -3,7 +3,8 @@
  * MurmurHash2 variant, seed 0xc70f6907), written here because the Aos
  * service manager names its accounting chains AOS_<hex of this hash>_IN/OUT
  * and our chains must carry the same names. No npm package implements this
- * exact variant.
+ * exact variant. The algorithm step by step, and the vectors with how they
+ * were derived (g++/libstdc++ on the build machine): docs/accounting.md.
  */
 const MASK = (1n << 64n) - 1n;
 const MUL = (0xc6a4a793n << 32n) + 0x5bd1e995n;

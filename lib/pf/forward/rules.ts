@@ -1,6 +1,6 @@
-import type { TablePlan } from '../../lib/iptables/index.js';
-import { rule } from '../../lib/iptables/rule.js';
-import type { Rule } from '../../lib/iptables/index.js';
+import type { TablePlan } from '../../iptables/index.js';
+import { rule } from '../../iptables/rule.js';
+import type { Rule } from '../../iptables/index.js';
 
 /**
  * The reference firewall plugin's iptables layout, rule for rule, so chains

@@ -1,6 +1,9 @@
-import { chainName } from './names.js';
-import { apply, Batch, save, transaction, type IpFamily, type PendingRestore, type Rule } from './index.js';
-import { canonicalNetwork, parseCidr } from '../ip/index.js';
+import { chainName } from '../../iptables/names.js';
+import { apply, Batch, expectedRule, PendingRestore, ruleKeys, save, transaction, type IpFamily, type Rule } from '../../iptables/index.js';
+import { canonicalNetwork, parseCidr } from '../../ip/index.js';
+import { requireRules, type Expected } from '../check.js';
+import { which } from '../../exec/index.js';
+import type { Masquerade, MasqKnown, MasqOwner, MasqPrepared } from './index.js';
 
 /**
  * Per-container source NAT (bridge's ipMasq), named and commented like the
@@ -90,20 +93,19 @@ export async function teardownMasq(network: string, containerId: string, familie
   }
 }
 
-/** Missing masquerade rules for the given addresses (empty when all are there). */
-export async function checkMasq(network: string, containerId: string, cidrs: string[]): Promise<string[]> {
-  const missing: string[] = [];
+/** CHECK: the chain's rules and the jump of every address; fails on the first missing one (lib/pf/check.ts). */
+export async function checkMasq(network: string, containerId: string, cidrs: string[]): Promise<void> {
   for (const fam of [4, 6] as const) {
     const mine = cidrs.filter((c) => parseCidr(c).family === fam);
     if (mine.length === 0) continue;
-    const state = await save(fam, 'nat');
-    const have = new Set(state.rules.map(key));
+    const have = ruleKeys(await save(fam, 'nat'));
+    const want: Expected[] = [];
     for (const cidr of mine) {
       const { chainRules, jump } = masqRules(network, containerId, cidr);
-      for (const r of [...chainRules, jump]) if (!have.has(key(r))) missing.push(`-A ${r.chain} ${r.spec.join(' ')}`);
+      want.push(...[...chainRules, jump].map(expectedRule));
     }
+    requireRules(have, want, 'bridge ipMasq (iptables)');
   }
-  return missing;
 }
 
 /**
@@ -142,4 +144,28 @@ export async function gcMasq(network: string, validIds: Set<string>, families: I
 
 function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** The families of a teardown or GC that have tools here (a host without ip6tables has no IPv6 rules of ours). */
+const withTools = (families: IpFamily[]) => families.filter((f) => f === 4 || which('ip6tables-save') !== undefined);
+
+/** The iptables implementation of lib/pf/masq: the functions above, the ifname unused (the reference's iptables layout has none). */
+export class IptablesMasquerade implements Masquerade {
+  readonly backend = 'iptables' as const;
+  prepare(): MasqPrepared & { restore: PendingRestore } {
+    const restore = new PendingRestore(4);
+    return { restore, release: () => restore.discard() };
+  }
+  add(owner: MasqOwner, cidrs: string[], prepared?: MasqPrepared): Promise<void> {
+    return setupMasq(owner.network, owner.containerId, cidrs, (prepared as { restore?: PendingRestore } | undefined)?.restore);
+  }
+  del(owner: MasqOwner, known: MasqKnown): Promise<void> {
+    return teardownMasq(owner.network, owner.containerId, withTools(known.families), known.cidrs);
+  }
+  check(owner: MasqOwner, cidrs: string[]): Promise<void> {
+    return checkMasq(owner.network, owner.containerId, cidrs);
+  }
+  gc(network: string, valid: { containerID: string; ifname: string }[], families: (4 | 6)[]): Promise<void> {
+    return gcMasq(network, new Set(valid.map((a) => a.containerID)), withTools(families));
+  }
 }

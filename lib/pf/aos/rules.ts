@@ -1,9 +1,11 @@
-import type { Rule, TablePlan } from '../../lib/iptables/index.js';
-import { rule, type RuleSpec } from '../../lib/iptables/rule.js';
-import { maskToPrefix, type AccessChain, type AccessRule } from './state.js';
+import type { Rule, TablePlan } from '../../iptables/index.js';
+import { rule, type RuleSpec } from '../../iptables/rule.js';
+import { maskToPrefix, type AccessChain, type AccessRule } from '../../../plugins/aos-firewall/state.js';
 
 /**
- * What aos-firewall puts into the filter table for one instance, derived
+ * The Aos instance firewall's iptables layout (the original plugin's chains;
+ * why each rule: docs/aos-firewall.md). What aos-firewall puts into the
+ * filter table for one instance, derived
  * from its state entry (so DEL and CHECK need nothing else):
  *
  *   FORWARD          -j AOS-FORWARD, -j AOS-FORWARD-PORT (top, in that order) … -j AOS-OUTPUT (end)
@@ -15,7 +17,7 @@ import { maskToPrefix, type AccessChain, type AccessRule } from './state.js';
  *   <C>              -s GW/P -p tcp|udp ACCEPT, inputAccess RETURNs, -p tcp DROP, -p udp DROP
  *
  * Where the original contradicts its intent, this follows the intent (see
- * shared/notes/aos.md): input RETURNs match any source, the WAN rule accepts
+ * docs/aos-firewall.md, "Decisions"): input RETURNs match any source, the WAN rule accepts
  * replies only, and the outputAccess reply carries protocol, port and state.
  */
 export const FORWARD_PORT = 'AOS-FORWARD-PORT';
