@@ -188,6 +188,9 @@ export class FuzzWorld {
       'echo "##nft"; nft -j list ruleset bridge 2>/dev/null',
       // Our nftables tables and the reference's (lib/pf: family inet).
       'echo "##nft"; nft -j list ruleset inet 2>/dev/null',
+      // …and the ip/ip6 tables that are ours (portmap's cni_hostport, the reference's layout), not
+      // iptables-nft's own (filter, nat, mangle, raw, security: read through iptables-save above).
+      'for f in ip ip6; do for t in $(nft list tables $f 2>/dev/null | cut -d" " -f3); do case $t in filter|nat|mangle|raw|security) ;; *) echo "##nft"; nft -j list table $f "$t" 2>&1;; esac; done; done',
       'echo "##sysctl"; grep -H . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv4/conf/*/route_localnet 2>/dev/null',
     ].join('\n');
     // One process tree for the whole snapshot: the slots' namespaces through `ip -n`.
@@ -335,7 +338,7 @@ function parseSections(text: string, tag: string, out: string[]): void {
         for (const raw of body.split('\n')) if (raw.trim()) out.push(`${tag} sysctl ${raw.trim()}`);
         break;
       case 'nft': {
-        // bridge's macspoofchk (the bridge family's tables: iptables-nft's own are read above).
+        // bridge's macspoofchk (the bridge family), lib/pf's tables (inet) and portmap's (ip, ip6 cni_hostport).
         // eslint-disable-next-line @typescript-eslint/no-explicit-any
         let items: any[] = [];
         try {
@@ -346,7 +349,8 @@ function parseSections(text: string, tag: string, out: string[]): void {
         for (const it of items) {
           if (it.table) out.push(`${tag} nft table ${it.table.family} ${it.table.name}`);
           else if (it.chain) out.push(`${tag} nft chain ${it.chain.family} ${it.chain.table} ${it.chain.name} hook=${it.chain.hook ?? '-'} prio=${it.chain.prio ?? '-'}`);
-          else if (it.rule) out.push(`${tag} nft rule ${it.rule.family} ${it.rule.table} ${it.rule.chain} ${JSON.stringify(it.rule.expr)} comment=${it.rule.comment ?? '-'}`);
+          // An anonymous counter's packets and bytes move with traffic: left out.
+          else if (it.rule) out.push(`${tag} nft rule ${it.rule.family} ${it.rule.table} ${it.rule.chain} ${JSON.stringify(it.rule.expr).replace(/\{"counter":\{"packets":\d+,"bytes":\d+\}\}/g, '{"counter":{}}')} comment=${it.rule.comment ?? '-'}`);
           else if (it.set) out.push(`${tag} nft set ${it.set.family} ${it.set.table} ${it.set.name} ${JSON.stringify(it.set.elem ?? [])}`);
           else if (it.map) out.push(`${tag} nft map ${it.map.family} ${it.map.table} ${it.map.name} ${JSON.stringify(it.map.elem ?? [])}`);
           else if (it.counter) out.push(`${tag} nft counter ${it.counter.family} ${it.counter.table} ${it.counter.name}`);
