@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { netConf, obj } from '../../lib/cni/schema.js';
 import { chainNameSchema } from '../firewall/config.js';
 import { backendName, type Backend } from '../../lib/pf/backend.js';
+import { forwardDropMode } from '../../lib/pf/coexist.js';
 
 // Aos writes ports as strings ("8080", "80,443", "8000:8080"); numbers are accepted too.
 const portish = z.union([z.string(), z.number().int()]).transform(String);
@@ -18,6 +19,8 @@ export const aosFirewallConfig = netConf({
   runtimeStatePath: z.string().min(1).default(DEFAULT_STATE_PATH),
   /** The packet filter (lib/pf/backend.ts): unset is iptables, or nftables where only nft is there. */
   backend: backendName.optional(),
+  /** backend nftables on a host whose iptables FORWARD policy is DROP: open the instance's subnet there (default) or refuse. */
+  iptablesForwardDrop: forwardDropMode.optional(),
   inputAccess: z.array(obj({ port: portish, protocol: z.string().optional() })).nullish(),
   outputAccess: z
     .array(obj({ dstIp: z.string().min(1), dstPort: portish.optional(), proto: z.string().optional(), srcIp: z.string().optional() }))

@@ -4,9 +4,9 @@ import { chainName } from '../../lib/iptables/names.js';
 import { portCount } from '../../lib/iptables/rule.js';
 import { canonicalIP, isCidr, isIP, parseCidr } from '../../lib/ip/index.js';
 import { assertUsable, chooseBackend, cleanupBackends, inCleanupBackends, type Backend } from '../../lib/pf/backend.js';
-import { aosFirewall, lockedAll } from '../../lib/pf/aos/index.js';
+import { aosFirewall, lockedAll, type AosNetwork } from '../../lib/pf/aos/index.js';
 import { aosFirewallConfig, DEFAULT_BACKEND, type AosFirewallConfig } from './config.js';
-import { maskToBase64, StateFile, type AccessChain, type AccessRule } from './state.js';
+import { maskToBase64, StateFile, type AccessChain, type AccessRule, type StateMap } from './state.js';
 import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
@@ -114,6 +114,16 @@ async function entryFor(ctx: Ctx): Promise<AccessChain> {
   };
 }
 
+/** The network as the backend sees it: its name, the DROP-policy mode, the other instances' subnets (computed once, when asked). */
+function networkOf(ctx: Ctx, map: StateMap): AosNetwork {
+  let inUse: Set<string> | undefined;
+  return {
+    name: ctx.config.name,
+    iptablesForwardDrop: ctx.config.iptablesForwardDrop ?? 'open',
+    subnetInUse: (subnet) => (inUse ??= map.subnets(ctx.config.uuid)).has(subnet),
+  };
+}
+
 export default definePlugin({
   name: 'aos-firewall',
   schema: aosFirewallConfig,
@@ -128,8 +138,15 @@ export default definePlugin({
       const old = map.get(ctx.config.uuid);
       // Written ahead: a crash after the rules are applied must leave DEL the entry they are found by.
       // (Not when the entry changes address or chain: DEL must then still find the old rules.)
-      if (!old || (old.address.IP === entry.address.IP && old.name === entry.name)) state.write(map.with(ctx.config.uuid, entry));
-      await fw.add(entry, old);
+      const ahead = !old || (old.address.IP === entry.address.IP && old.name === entry.name);
+      if (ahead) state.write(map.with(ctx.config.uuid, entry));
+      try {
+        await fw.add(entry, old, networkOf(ctx, map));
+      } catch (err) {
+        // A backend's failed add changed nothing (one transaction; a refusal comes before it): neither does the file.
+        if (ahead) state.write(map);
+        throw err;
+      }
       map.set(ctx.config.uuid, entry);
     }));
     return ctx.prevResult!;
@@ -143,7 +160,8 @@ export default definePlugin({
     await lockedAll(impls, () => state.update(async (map) => {
       const entry = map.get(ctx.config.uuid);
       const name = chainName(ctx.config.iptablesAdminChainName, ctx.config.uuid);
-      await inCleanupBackends(first, async (b) => impls.find((i) => i.backend === b)!.del(entry, name, ctx.config.uuid));
+      const net = networkOf(ctx, map);
+      await inCleanupBackends(first, async (b) => impls.find((i) => i.backend === b)!.del(entry, name, ctx.config.uuid, net));
       map.delete(ctx.config.uuid);
     }));
   },

@@ -5,6 +5,7 @@ import { ownDir, readOwnFile, rewriteFd, UnsafePathError, withOwnFileLock, write
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { describeZodError } from '../../lib/cni/schema.js';
 import { FP, trace } from '../../lib/cni/trace.js';
+import { canonicalNetwork, isIP } from '../../lib/ip/index.js';
 
 /**
  * The state file the Aos aos-firewall plugin keeps (default
@@ -86,6 +87,22 @@ export class StateMap {
 
   keys(): string[] {
     return [...this.raw.keys()];
+  }
+
+  /**
+   * The instance subnets (canonical `IP/P`) of every entry but `except`'s,
+   * read leniently and without parsing whole entries (one per call, whatever
+   * the number of instances): an entry without a readable address has none.
+   */
+  subnets(except: string): Set<string> {
+    const out = new Set<string>();
+    for (const [uuid, v] of this.raw) {
+      if (uuid === except) continue;
+      const a = (v as { address?: { IP?: unknown; Mask?: unknown } } | null)?.address;
+      if (typeof a?.IP !== 'string' || typeof a.Mask !== 'string' || !isIP(a.IP)) continue;
+      out.add(canonicalNetwork(`${a.IP}/${maskToPrefix(a.Mask)}`));
+    }
+    return out;
   }
 
   /** A copy with one entry set. */

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { netConf, obj } from '../../lib/cni/schema.js';
 import { isIP } from '../../lib/ip/index.js';
 import { backendName, type Backend } from '../../lib/pf/backend.js';
+import { dropMode } from '../../lib/pf/coexist.js';
 
 /** The port-53 opening's packet filter when `backend` is unset: iptables, or nftables where only nft is there (lib/pf/backend.ts). */
 export const DEFAULT_BACKEND: Backend = 'iptables';
@@ -15,6 +16,8 @@ export const dnsnameConfig = netConf({
   multiDomain: z.boolean().default(false),
   remoteServers: z.array(z.string().refine(isIP, 'must be an IP address')).default([]),
   backend: backendName.optional(),
+  // backend nftables on a host whose iptables INPUT policy is DROP: open port 53 from the bridge there too (default) or refuse.
+  iptablesInputDrop: dropMode.optional(),
   runtimeConfig: obj({ aliases: z.record(z.string(), z.array(dnsName)).optional() }).optional(),
 });
 export type DnsnameConfig = z.output<typeof dnsnameConfig>;

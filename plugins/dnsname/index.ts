@@ -81,8 +81,11 @@ const allFamilies = (): IpFamily[] => (which('ip6tables-save') ? [4, 6] : [4]);
 async function publish(ctx: Ctx, ports: DnsPorts, tree: Tree, s: NetworkState, a: Attachment, firstOnNetwork: boolean, old: NetworkState | undefined): Promise<void> {
   const cfg = ctx.config;
   // The port-53 opening comes with the network's first container (CHECK
-  // verifies it is still there); later ADDs touch no packet filter.
-  if (firstOnNetwork || old?.bridge !== a.bridge) await ports.open({ network: s.network, bridge: s.bridge, family: familyOf(a.bridgeIP) });
+  // verifies it is still there); later ADDs only refresh it (nftables: an
+  // iptables INPUT policy turned DROP since; iptables: nothing to do).
+  const opening = { network: s.network, bridge: s.bridge, family: familyOf(a.bridgeIP), iptablesInputDrop: cfg.iptablesInputDrop };
+  if (firstOnNetwork || old?.bridge !== a.bridge) await ports.open(opening);
+  else await ports.refresh(opening);
   const conf = tree.confPath(cfg.name);
   const pid = findDnsmasq(tree.pidPath(cfg.name), conf);
   if (!pid || !reload(pid, conf)) {

@@ -110,7 +110,49 @@ export async function runCase(world: FuzzWorld, c: FuzzCase, slot: Slot): Promis
  *    when the last container goes (SHARED below), as the reference plugins do.
  * Everything else, added or removed, is a change to the host.
  */
-const SHARED: Record<string, ((l: string, bridges: Set<string>) => boolean)[]> = {
+/**
+ * An nftables snapshot line (test/fuzz/harness.ts) of `family table`: its
+ * table itself, or a chain (`name hook`), set or map (`name` with no
+ * elements), rule (`chain`, and its comment) of it that `ok` accepts.
+ * Shared structure only: an element, a rule commented with a container's
+ * id, uuid or address, a named counter, never match unless `ok` says so.
+ */
+type NftItem =
+  | { kind: 'table' }
+  | { kind: 'chain'; name: string; hook: string }
+  | { kind: 'set' | 'map'; name: string; empty: boolean; elems: string }
+  | { kind: 'rule'; chain: string; expr: string; comment: string }
+  | { kind: 'counter'; name: string };
+function nftOf(family: string, table: string, ok: (it: NftItem) => boolean): (l: string) => boolean {
+  const head = `host nft `;
+  return (l) => {
+    if (!l.startsWith(head)) return false;
+    const [kind, fam, tab, ...rest] = l.slice(head.length).split(' ');
+    if (fam !== family || tab !== table) return false;
+    const tail = rest.join(' ');
+    switch (kind) {
+      case 'table':
+        return rest.length === 0 && ok({ kind: 'table' });
+      case 'chain':
+        return ok({ kind: 'chain', name: rest[0], hook: /^hook=(\S+)/.exec(rest[1] ?? '')?.[1] ?? '' });
+      case 'set':
+      case 'map': {
+        const elems = tail.slice(rest[0].length + 1);
+        return ok({ kind, name: rest[0], empty: elems === '[]', elems });
+      }
+      case 'rule': {
+        const c = tail.lastIndexOf(' comment=');
+        return c > 0 && ok({ kind: 'rule', chain: rest[0], expr: tail.slice(rest[0].length + 1, c), comment: tail.slice(c + ' comment='.length) });
+      }
+      case 'counter':
+        return ok({ kind: 'counter', name: rest[0] });
+      default:
+        return false;
+    }
+  };
+}
+
+export const SHARED: Record<string, ((l: string, bridges: Set<string>) => boolean)[]> = {
   // The bridge stays, with its gateway addresses, their routes, its promisc flag and forwarding on (the reference never removes them).
   bridge: [
     (l) => /^host link \S+ kind=bridge /.test(l),
@@ -120,23 +162,85 @@ const SHARED: Record<string, ((l: string, bridges: Set<string>) => boolean)[]> =
     (l, br) => /^host sysctl \/proc\/sys\/net\/ipv4\/conf\/([^/]+)\//.test(l) && br.has(/conf\/([^/]+)\//.exec(l)![1]),
     // macspoofchk's table and base chain stay (as the reference leaves them); the per-container chains and rules go.
     (l) => /^host nft (table bridge nat$|chain bridge nat PREROUTING hook=prerouting )/.test(l),
+    // ipMasq on nftables (lib/pf/masq/nftables.ts, the reference's table): the table, its two chains and postrouting's
+    // three fixed rules stay; masq_checks' rules (one per container address) go.
+    nftOf('inet', 'cni_plugins_masquerade', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && ((it.name === 'postrouting' && it.hook === 'postrouting') || (it.name === 'masq_checks' && it.hook === '-'))) ||
+      (it.kind === 'rule' && it.chain === 'postrouting' && it.comment === '-' &&
+        /^\[(\{"match":\{"op":"==","left":\{"payload":\{"protocol":"ip6?","field":"daddr"\}\},"right":\{"prefix":\{"addr":"(224\.0\.0\.0","len":4|ff00::","len":8)\}\}\}\},\{"return":null\}|\{"goto":\{"target":"masq_checks"\}\})\]$/.test(it.expr))),
   ],
   // The shared chains and their jumps, the admin chain the config names, the isolation stages.
   firewall: [
     (l) => /^host ipt[46] filter :\S+ -$/.test(l),
     (l) => /^host ipt[46] filter -A (FORWARD|CNI-FORWARD) (.* )?-j \S+$/.test(l) && !/ -[sd] /.test(l),
     (l) => /^host ipt[46] filter -A CNI-ISOLATION-STAGE-[12] /.test(l),
+    // nftables (lib/pf/forward/nftables.ts): the table, the forward chain's fixed rules ("cni-ts …" comments), the admin
+    // chains and the bridges' isolation elements (kept as the isolation chains are); accept4/accept6 (the containers) empty.
+    nftOf('inet', 'cni_ts_firewall', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && (it.name === 'forward' ? it.hook === 'forward' : it.hook === '-')) ||
+      ((it.kind === 'set' || it.kind === 'map') && (/^accept[46]$/.test(it.name) ? it.empty : ['bridges', 'isolated', 'within'].includes(it.name))) ||
+      (it.kind === 'rule' && it.chain === 'forward' && /^cni-ts (isolated|same-bridge|admin \S+|accept[46]( replies)?)$/.test(it.comment))),
   ],
   portmap: [
     (l) => /^host ipt[46] nat :CNI-HOSTPORT-\S+ -$/.test(l),
     (l) => /^host ipt[46] nat -A (PREROUTING|OUTPUT|POSTROUTING) .* -j CNI-HOSTPORT-\S+$/.test(l),
     (l) => /^host ipt[46] nat -A CNI-HOSTPORT-(MASQ|SETMARK) /.test(l),
     (l) => /^host sysctl .*route_localnet/.test(l),
+    // nftables (the reference's `ip`/`ip6 cni_hostport`, lib/pf/portmap/rules.ts): the tables, their chains, the
+    // prerouting/output jumps (with the last ADD's conditions) and hostports_all's two; every rule commented with a
+    // container id (hostports, masquerading, cni_ts_owners) goes.
+    ...['ip', 'ip6'].map((fam) =>
+      nftOf(fam, 'cni_hostport', (it) =>
+        it.kind === 'table' ||
+        (it.kind === 'chain' &&
+          ({ prerouting: 'prerouting', output: 'output', masquerading: 'postrouting', hostports_all: '-', hostip_hostports: '-', hostports: '-', cni_ts_owners: '-' } as Record<string, string>)[it.name] === it.hook) ||
+        (it.kind === 'rule' && it.comment === '-' &&
+          ((/^(prerouting|output)$/.test(it.chain) && it.expr.endsWith(',{"jump":{"target":"hostports_all"}}]')) ||
+            (it.chain === 'hostports_all' && /^\[\{"jump":\{"target":"(hostip_hostports|hostports)"\}\}\]$/.test(it.expr))))),
+    ),
   ],
-  'aos-firewall': [(l) => /^host ipt4 filter :AOS-\S+ -$/.test(l), (l) => /^host ipt4 filter -A (FORWARD|OUTPUT) -j AOS-/.test(l)],
+  'aos-firewall': [
+    (l) => /^host ipt4 filter :AOS-\S+ -$/.test(l),
+    (l) => /^host ipt4 filter -A (FORWARD|OUTPUT) -j AOS-/.test(l),
+    // nftables (lib/pf/aos/nftables.ts): the table, its maps and sets empty, the forward chain's fixed steps ("aos: …",
+    // no uuid) and access_other; an instance's chains (CNI-<hash>[-fwd]) and its "aos <uuid>: …" rules go.
+    nftOf('inet', 'cni_ts_aos', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && ((it.name === 'forward' && it.hook === 'forward') || (it.name === 'access_other' && it.hook === '-'))) ||
+      ((it.kind === 'set' || it.kind === 'map') && it.empty && ['forward_access', 'forward_port', 'output_icmp', 'output_new'].includes(it.name)) ||
+      (it.kind === 'rule' && it.chain === 'forward' && it.comment.startsWith('aos: '))),
+  ],
+  // nftables (lib/pf/dns/nftables.ts): the table, its input chain and rule; the bridges set empty (a network's element goes with its last container).
+  dnsname: [
+    nftOf('inet', 'cni_ts_dns', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && it.name === 'input' && it.hook === 'input') ||
+      (it.kind === 'set' && it.name === 'bridges' && it.empty) ||
+      (it.kind === 'rule' && it.chain === 'input' && it.comment === "cni-ts dnsname: DNS from the networks' bridges")),
+  ],
+  // nftables (lib/pf/accounting/nftables.ts): the table, a skip-range group's chain, its fixed rules and its maps and sets
+  // (empty); an instance's counters (AOS_<h>_IN/OUT) and map elements go.
+  'traffic-accounting': [
+    nftOf('inet', 'cni_ts_accounting', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && /^acct_\w+$/.test(it.name) && it.hook === 'forward') ||
+      ((it.kind === 'set' || it.kind === 'map') && it.empty && /^(blocked_)?(in|out)_\w+$/.test(it.name)) ||
+      (it.kind === 'rule' && /^acct_\w+$/.test(it.chain) && /^(blocked )?(download|upload)$/.test(it.comment))),
+  ],
   // `cni-manager traffic` installs the traffic monitor's system chains (AOS_SYSTEM_IN/OUT) and keeps them.
   // …and its traffic database (--db, default <cache-dir>/traffic.db).
-  'cni-manager': [(l) => /^file mgr\/[^/]+\.db(-wal|-shm|-journal)? /.test(l), (l) => /^host ipt4 filter (:AOS_SYSTEM_(IN|OUT) -|-A (INPUT|OUTPUT|AOS_SYSTEM_(IN|OUT))\b.*AOS_SYSTEM|-A AOS_SYSTEM_(IN|OUT)( |$))/.test(l)],
+  'cni-manager': [
+    (l) => /^file mgr\/[^/]+\.db(-wal|-shm|-journal)? /.test(l),
+    (l) => /^host ipt4 filter (:AOS_SYSTEM_(IN|OUT) -|-A (INPUT|OUTPUT|AOS_SYSTEM_(IN|OUT))\b.*AOS_SYSTEM|-A AOS_SYSTEM_(IN|OUT)( |$))/.test(l),
+    // …on nftables (--backend nftables): system_in/system_out and their counters in the accounting table.
+    nftOf('inet', 'cni_ts_accounting', (it) =>
+      it.kind === 'table' ||
+      (it.kind === 'chain' && ((it.name === 'system_in' && it.hook === 'input') || (it.name === 'system_out' && it.hook === 'output'))) ||
+      (it.kind === 'counter' && /^AOS_SYSTEM_(IN|OUT)$/.test(it.name)) ||
+      (it.kind === 'rule' && /^system_(in|out)$/.test(it.chain))),
+  ],
 };
 
 /** `file <path> <kind>` lines of the snapshot, parsed without a regex (paths may be thousands of characters). */

@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BIN, must, Sandbox } from '../helpers/sandbox.js';
 import { Traffic } from '../helpers/traffic.js';
 import { BACKENDS, type TestBackend } from '../helpers/backends.js';
@@ -41,6 +41,13 @@ const filter = () => sb.inHost(['iptables-save', '-t', 'filter']).stdout.replace
 const nftTable = () => sb.inHost(['nft', 'list', 'table', ...NFT_TABLE]).stdout;
 /** What this backend wrote, as text. */
 const written = () => (backend === 'iptables' ? filter() : nftTable());
+/** The nftables backend's iptables-side openings (lib/pf/coexist.ts), sorted. */
+const openings = () => filter().split('\n').filter((l) => l.includes('cni-ts nftables aos-firewall network')).sort();
+const opening = (subnet: string, net = 'aosnet') => [
+  `-A FORWARD -m conntrack --ctorigsrc ${subnet} -m comment --comment "cni-ts nftables aos-firewall network ${net}" -j ACCEPT`,
+  `-A FORWARD -m conntrack --ctreplsrc ${subnet} -m comment --comment "cni-ts nftables aos-firewall network ${net}" -j ACCEPT`,
+];
+const forwardPolicy = (p: 'ACCEPT' | 'DROP') => must(['ip', 'netns', 'exec', sb.host, 'iptables', '-P', 'FORWARD', p]);
 /** Deletes the rule of our nftables table whose comment is `comment` (a rule "removed by hand"). */
 function nftDeleteRule(comment: string): void {
   const listing = JSON.parse(must(['ip', 'netns', 'exec', sb.host, 'nft', '-j', 'list', 'table', ...NFT_TABLE])).nftables as { rule?: { chain: string; handle: number; comment?: string } }[];
@@ -60,6 +67,42 @@ function addInstance(key: string, uuid: string, net: [string, string, string], f
   expect(r.json).toEqual(br.json); // prevResult passed through
   inst[key] = { ns: c.name, path: c.path, ip: br.json.ips[0].address.split('/')[0], conf, prev: br.json };
 }
+
+/** What the instances' configurations allow and forbid (run as it is, and again behind a FORWARD policy of DROP). */
+const MATRIX: [string, () => void][] = [
+  ['instance → WAN only with allowPublicConnections', () => {
+    expect(inst.I1.ip).toBe('10.61.1.2');
+    expect(net.reach(inst.I1.ns, '203.0.113.2', 80)).toBe(true);
+    expect(net.reach(inst.I1.ns, '203.0.113.2', 53, 'udp')).toBe(true);
+    expect(net.reach(inst.I2.ns, '203.0.113.2', 80)).toBe(false);
+    expect(net.reach(inst.I2.ns, '203.0.113.2', 53, 'udp')).toBe(false);
+  }],
+  ['WAN → instance: inputAccess ports open, every other port dropped', () => {
+    expect(net.reach(W, inst.I1.ip, 8080)).toBe(true);
+    expect(net.reach(W, inst.I1.ip, 8081)).toBe(false);
+    expect(net.reach(W, inst.I1.ip, 9090, 'udp')).toBe(true);
+    expect(net.reach(W, inst.I1.ip, 9091, 'udp')).toBe(false);
+    expect(net.reach(W, inst.I2.ip, 5000)).toBe(false);
+  }],
+  ['instance → instance on another network only for an outputAccess pair (and its replies)', () => {
+    expect(net.reach(inst.I1.ns, inst.I3.ip, 7070)).toBe(true); // the reply came back too
+    expect(net.reach(inst.I1.ns, inst.I3.ip, 7071)).toBe(false);
+    expect(net.reach(inst.I2.ns, inst.I3.ip, 7070)).toBe(false);
+    expect(net.reach(inst.I3.ns, inst.I1.ip, 8081)).toBe(false);
+  }],
+  ['ICMP out of an instance is dropped (a public one may still ping the WAN)', () => {
+    expect(net.ping(inst.I1.ns, inst.I3.ip)).toBe(false);
+    expect(net.ping(inst.I2.ns, '203.0.113.2')).toBe(false);
+    expect(net.ping(inst.I3.ns, inst.I1.ip)).toBe(false);
+    expect(net.ping(inst.I1.ns, '203.0.113.2')).toBe(true);
+  }],
+  ['host ↔ instance is always allowed', () => {
+    expect(net.reach(sb.host, inst.I2.ip, 5000)).toBe(true);
+    expect(net.reach(sb.host, inst.I1.ip, 8081)).toBe(true);
+    expect(net.reach(inst.I2.ns, '10.61.1.1', 6000)).toBe(true);
+    expect(net.reach(inst.I3.ns, '10.61.2.1', 6000)).toBe(true);
+  }],
+];
 
 describe.each(BACKENDS)('aos-firewall on %s', (b) => {
   beforeAll(async () => {
@@ -94,45 +137,71 @@ describe.each(BACKENDS)('aos-firewall on %s', (b) => {
     net?.stop();
     sb?.cleanup();
   });
+  // The tests are synchronous (spawnSync): between two of them the worker's event loop gets a turn to
+  // read vitest's answers, else a run of them longer than vitest's 60 s RPC timeout ends in an error.
+  beforeEach(() => new Promise((r) => setTimeout(r, 10)));
 
   describe('aos-firewall: the traffic matrix', () => {
-    it('instance → WAN only with allowPublicConnections', () => {
-      expect(inst.I1.ip).toBe('10.61.1.2');
-      expect(net.reach(inst.I1.ns, '203.0.113.2', 80)).toBe(true);
-      expect(net.reach(inst.I1.ns, '203.0.113.2', 53, 'udp')).toBe(true);
-      expect(net.reach(inst.I2.ns, '203.0.113.2', 80)).toBe(false);
-      expect(net.reach(inst.I2.ns, '203.0.113.2', 53, 'udp')).toBe(false);
-    });
-
-    it('WAN → instance: inputAccess ports open, every other port dropped', () => {
-      expect(net.reach(W, inst.I1.ip, 8080)).toBe(true);
-      expect(net.reach(W, inst.I1.ip, 8081)).toBe(false);
-      expect(net.reach(W, inst.I1.ip, 9090, 'udp')).toBe(true);
-      expect(net.reach(W, inst.I1.ip, 9091, 'udp')).toBe(false);
-      expect(net.reach(W, inst.I2.ip, 5000)).toBe(false);
-    });
-
-    it('instance → instance on another network only for an outputAccess pair (and its replies)', () => {
-      expect(net.reach(inst.I1.ns, inst.I3.ip, 7070)).toBe(true); // the reply came back too
-      expect(net.reach(inst.I1.ns, inst.I3.ip, 7071)).toBe(false);
-      expect(net.reach(inst.I2.ns, inst.I3.ip, 7070)).toBe(false);
-      expect(net.reach(inst.I3.ns, inst.I1.ip, 8081)).toBe(false);
-    });
-
-    it('ICMP out of an instance is dropped (a public one may still ping the WAN)', () => {
-      expect(net.ping(inst.I1.ns, inst.I3.ip)).toBe(false);
-      expect(net.ping(inst.I2.ns, '203.0.113.2')).toBe(false);
-      expect(net.ping(inst.I3.ns, inst.I1.ip)).toBe(false);
-      expect(net.ping(inst.I1.ns, '203.0.113.2')).toBe(true);
-    });
-
-    it('host ↔ instance is always allowed', () => {
-      expect(net.reach(sb.host, inst.I2.ip, 5000)).toBe(true);
-      expect(net.reach(sb.host, inst.I1.ip, 8081)).toBe(true);
-      expect(net.reach(inst.I2.ns, '10.61.1.1', 6000)).toBe(true);
-      expect(net.reach(inst.I3.ns, '10.61.2.1', 6000)).toBe(true);
-    });
+    for (const [name, fn] of MATRIX) it(name, fn);
   });
+
+  // Issue 15 item 4: Docker's FORWARD policy of DROP drops what our table accepts, unless the subnet is opened there.
+  if (b === 'nftables') {
+    describe('aos-firewall nftables beside an iptables FORWARD policy of DROP', () => {
+      afterAll(() => forwardPolicy('ACCEPT'));
+
+      it('the hole: with the policy DROP the instances\' allowed traffic stops; ADD opens each instance subnet there (two rules per subnet)', () => {
+        expect(openings()).toEqual([]); // policy ACCEPT: nothing was opened
+        forwardPolicy('DROP');
+        expect(nftTable()).toContain(`10.61.1.2 : jump`); // our table still accepts …
+        expect(net.reach(inst.I1.ns, '203.0.113.2', 80)).toBe(false); // … iptables' FORWARD drops
+        expect(net.reach(W, inst.I1.ip, 8080)).toBe(false);
+        // ADD again (as a runtime's re-ADD would): the subnets are opened, once each.
+        for (const key of ['I1', 'I2', 'I3']) expect(sb.plugin(FW, { command: 'ADD', containerId: 'x', netns: inst[key].path }, { ...inst[key].conf, prevResult: inst[key].prev }).code).toBe(0);
+        expect(openings()).toEqual([...opening('10.61.1.0/24'), ...opening('10.61.2.0/24')].sort());
+        expect(filter()).not.toContain('AOS-');
+        expect(sb.plugin(FW, { command: 'CHECK', containerId: 'x', netns: inst.I1.path }, { ...inst.I1.conf, prevResult: inst.I1.prev }).code).toBe(0);
+      });
+
+      for (const [name, fn] of MATRIX) it(`${name} (through the opening)`, fn);
+
+      it('iptablesForwardDrop "refuse": ADD fails naming the policy and changes nothing (rules, state file); its DEL keeps the others\' openings', () => {
+        const uuid = '66666666-6666-4666-8666-666666666666';
+        const c = sb.container();
+        const call = { command: 'ADD', containerId: uuid, netns: c.path };
+        const br = sb.plugin(BRIDGE, call, bridgeConf('cc', 'br-cc', '10.61.3.0/24'));
+        expect(br.code, br.stdout + br.stderr).toBe(0);
+        const before = { filter: filter(), nft: nftTable(), state: readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8') };
+        const r = sb.plugin(FW, call, { ...fwConf(uuid, { iptablesForwardDrop: 'refuse' }), prevResult: br.json });
+        expect(r.code).toBe(1);
+        expect(r.json).toMatchObject({ code: 50, msg: 'iptables FORWARD policy is DROP: nftables rules alone cannot let network "aosnet" through' });
+        expect(r.json.details).toContain('iptablesForwardDrop is "refuse"');
+        expect({ filter: filter(), nft: nftTable(), state: readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8') }).toEqual(before);
+        expect(sb.plugin(FW, { command: 'DEL', containerId: uuid }, fwConf(uuid, {})).code).toBe(0);
+        expect(openings()).toEqual([...opening('10.61.1.0/24'), ...opening('10.61.2.0/24')].sort());
+        expect(sb.plugin(BRIDGE, { ...call, command: 'DEL' }, bridgeConf('cc', 'br-cc', '10.61.3.0/24')).code).toBe(0);
+      });
+
+      it('one opening per subnet: a second instance adds nothing, the first one\'s DEL keeps it, the last one\'s takes it away', async () => {
+        addInstance('I4', '77777777-7777-4777-8777-777777777777', ['dd', 'br-dd', '10.61.4.0/24'], { allowPublicConnections: true, inputAccess: [{ port: '8080' }] });
+        addInstance('I5', '88888888-8888-4888-8888-888888888888', ['dd', 'br-dd', '10.61.4.0/24'], { allowPublicConnections: true, inputAccess: [{ port: '8080' }] });
+        await net.serve(inst.I5.ns, [8080]);
+        expect(openings()).toEqual([...opening('10.61.1.0/24'), ...opening('10.61.2.0/24'), ...opening('10.61.4.0/24')].sort());
+        const del = (key: string) => sb.plugin(FW, { command: 'DEL', containerId: 'x', netns: inst[key].path }, inst[key].conf);
+        expect(del('I4').code).toBe(0);
+        expect(openings()).toContain(opening('10.61.4.0/24')[0]);
+        expect(net.reach(W, inst.I5.ip, 8080)).toBe(true);
+        expect(net.reach(inst.I5.ns, '203.0.113.2', 80)).toBe(true);
+        expect(del('I5').code).toBe(0);
+        expect(openings()).toEqual([...opening('10.61.1.0/24'), ...opening('10.61.2.0/24')].sort());
+        expect(del('I5').code).toBe(0); // a repeated DEL (no entry left) leaves the subnets still in use open
+        expect(openings()).toHaveLength(4);
+        expect(net.reach(W, inst.I1.ip, 8080)).toBe(true);
+        delete inst.I4;
+        delete inst.I5;
+      });
+    });
+  }
 
   describe('aos-firewall: lifecycle', () => {
     const run = (key: string, command: string, withPrev = true) =>
@@ -187,6 +256,8 @@ describe.each(BACKENDS)('aos-firewall on %s', (b) => {
       expect(run('I3', 'DEL', false).code).toBe(0);
       expect(run('I3', 'DEL', false).code).toBe(0);
       expect(written()).not.toContain(chain);
+      // nftables: the last instance of 10.61.2.0/24 took the subnet's iptables-side opening (made behind the DROP policy above) away.
+      if (backend === 'nftables') expect(openings()).toEqual(opening('10.61.1.0/24').sort());
       if (backend === 'iptables') expect(filter()).not.toContain(`${i3.ip}/32 -j`);
       else for (const set of ['forward_access', 'forward_port', 'output_icmp', 'output_new']) expect(sb.inHost(['nft', 'list', 'set', ...NFT_TABLE, set]).stdout).not.toContain(i3.ip);
       expect(JSON.parse(readFileSync(join(sb.dir, 'aos_chains.conf'), 'utf8'))).not.toHaveProperty(i3.conf.uuid as string);

@@ -7,6 +7,8 @@ import { FP, isFailpoint, type Failpoint } from '../../lib/cni/failpoints.js';
 import { inNetns, MODE, modeEnv } from '../helpers/mode.js';
 import { mulberry32 } from '../fuzz/generate.js';
 import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
+import { BACKENDS, type TestBackend } from '../helpers/backends.js';
+import { SHARED } from '../fuzz/run.js';
 
 /**
  * Crash recovery (issue 8, item 4). A plugin is SIGKILLed in the middle of
@@ -71,6 +73,20 @@ import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
  * (the DEL that follows waits for it: same container and interface).
  * Either way the recovery must leave the host as before.
  *
+ * Backends (lib/pf): each list runs twice, on iptables (its plugins'
+ * defaults, as podman and Aos write them) and with every backend option set
+ * to nftables (bridge's ipMasqBackend, the others' backend), each on its own
+ * sandboxes. The host state then includes our nftables tables (family inet,
+ * the reference's `inet cni_plugins_masquerade`, portmap's `ip`/`ip6
+ * cni_hostport`; iptables-nft's own tables are read through iptables-save),
+ * one line per table, chain, rule, set or map with its elements, named
+ * counter, and compared as the rest: what stays by design after the last
+ * container (tables, base chains, empty sets and maps, admin chains) is in
+ * the baseline, anything naming a container (a rule, an element, a chain,
+ * a counter) is a leftover. On a fresh host, the masquerade table's shared
+ * structure (test/fuzz/run.ts SHARED.bridge) is masked like the bridge.
+ * The nftables lists run a smaller sample (SAMPLED_NFT) in `make test`.
+ *
  * Everywhere: the content of host-local's round-robin cursor
  * (`last_reserved_ip.N`) is ignored (it moves on with every allocation,
  * crashed or not), and what the kernel changes on its own when the bridge
@@ -90,6 +106,12 @@ const KILL_SEED = 0x5eed_c0de;
 const TIMED_PER_MODE = sized(2, 8);
 /** Failpoints per test in the sample (`make test`); all of them under CNI_TS_FULL=1. */
 const SAMPLED = { alone: 6, neighbour: 3, del: 5, gc: 3, fresh: 2 };
+/** The same for the lists on nftables (their iptables-free failpoints are fewer: no save/plan/restore). */
+const SAMPLED_NFT: typeof SAMPLED = { alone: 4, neighbour: 2, del: 4, gc: 2, fresh: 1 };
+const sampledOf = (b: TestBackend) => (b === 'nftables' ? SAMPLED_NFT : SAMPLED);
+/** The plugins that write packet-filter rules (a backend option): the nftables sample picks among their failpoints only (the others' are the iptables sample's). */
+const PF_PLUGINS = new Set(['bridge', 'portmap', 'firewall', 'dnsname', 'aos-firewall', 'traffic-accounting']);
+const focus = <T extends { type: string }>(b: TestBackend, points: T[]): T[] => (b === 'nftables' && !FULL ? points.filter((p) => PF_PLUGINS.has(p.type)) : points);
 /** Plugins without GC (a GC call would succeed doing nothing). */
 const NO_GC = new Set(['firewall', 'aos-firewall']);
 
@@ -109,6 +131,9 @@ interface List {
   plugins: Json[];
 }
 type ListOf = (sb: Sandbox, c: Container) => List;
+type Backend = TestBackend;
+/** A plugin's backend option on nftables; on iptables none (the plugins' defaults, as the runtimes' lists have them). */
+const onNft = (b: Backend, key = 'backend'): Json => (b === 'nftables' ? { [key]: 'nftables' } : {});
 
 /** The capabilities a runtime passes: a port mapping, an alias. */
 function capsOf(list: List, c: Container): Json {
@@ -117,40 +142,40 @@ function capsOf(list: List, c: Container): Json {
 }
 
 /** podman's list (bridge + host-local, portmap, firewall, tuning, dnsname) with every runtime path in the sandbox. */
-const podman: ListOf = (sb) => ({
+const podman = (b: Backend): ListOf => (sb) => ({
   name: 'podman',
   cniVersion: '1.0.0',
   bridge: 'cni-podman0',
   plugins: [
     {
-      type: 'bridge', bridge: 'cni-podman0', isGateway: true, ipMasq: true, hairpinMode: true,
+      type: 'bridge', bridge: 'cni-podman0', isGateway: true, ipMasq: true, hairpinMode: true, ...onNft(b, 'ipMasqBackend'),
       ipam: { type: 'host-local', routes: [{ dst: '0.0.0.0/0' }], ranges: [[{ subnet: '10.88.0.0/16', gateway: '10.88.0.1' }]], dataDir: join(sb.dir, 'ipam') },
     },
-    { type: 'portmap', capabilities: { portMappings: true } },
-    { type: 'firewall', backend: 'iptables', ingressPolicy: 'same-bridge' },
+    { type: 'portmap', capabilities: { portMappings: true }, ...onNft(b) },
+    { type: 'firewall', backend: b, ingressPolicy: 'same-bridge' },
     ...(HAS_TUNING ? [{ type: 'tuning', dataDir: join(sb.dir, 'tuning'), sysctl: { 'net.ipv4.conf.IFNAME.arp_notify': '1' }, promisc: true }] : []),
-    { type: 'dnsname', domainName: 'dns.podman', capabilities: { aliases: true } },
+    { type: 'dnsname', domainName: 'dns.podman', capabilities: { aliases: true }, ...onNft(b) },
   ],
 });
 
 /** The Aos instance list (conf.d/20-aos-instance.conflist, a wider range) plus traffic-accounting; aos-firewall's uuid is the instance's. */
-const aos: ListOf = (sb, c) => ({
+const aos = (b: Backend): ListOf => (sb, c) => ({
   name: 'sp5f809a3c',
   cniVersion: '0.4.0',
   bridge: 'br-1a2b3c4d',
   plugins: [
     {
-      type: 'bridge', bridge: 'br-1a2b3c4d', hairpinMode: true, ipMasq: true, isGateway: true,
+      type: 'bridge', bridge: 'br-1a2b3c4d', hairpinMode: true, ipMasq: true, isGateway: true, ...onNft(b, 'ipMasqBackend'),
       ipam: { Name: '', type: 'host-local', dataDir: join(sb.dir, 'ipam'), subnet: '192.0.2.0/24', gateway: '192.0.2.1', rangeStart: '192.0.2.2', rangeEnd: '192.0.2.250', routes: [{ dst: '0.0.0.0/0' }] },
     },
-    { type: 'dnsname', capabilities: { aliases: true }, domainName: 'sp5f809a3c', multiDomain: true, remoteServers: ['192.0.2.53'] },
+    { type: 'dnsname', capabilities: { aliases: true }, domainName: 'sp5f809a3c', multiDomain: true, remoteServers: ['192.0.2.53'], ...onNft(b) },
     {
       type: 'aos-firewall', uuid: c.id, iptablesAdminChainName: `INSTANCE_${c.id}`, runtimeStatePath: join(sb.dir, 'aos-firewall/aos_chains.conf'),
       allowPublicConnections: false, inputAccess: [{ port: '8080', protocol: 'tcp' }, { port: '9090', protocol: 'udp' }],
-      outputAccess: [{ dstIp: '198.51.100.5', dstPort: '8080', proto: 'tcp' }],
+      outputAccess: [{ dstIp: '198.51.100.5', dstPort: '8080', proto: 'tcp' }], ...onNft(b),
     },
     { type: 'bandwidth', ingressRate: 1_000_000, ingressBurst: 12800, egressRate: 2_000_000, egressBurst: 12800 },
-    { type: 'traffic-accounting', instanceId: c.id },
+    { type: 'traffic-accounting', instanceId: c.id, ...onNft(b) },
   ],
 });
 
@@ -412,6 +437,47 @@ function files(root: string, opts: SnapOpts): string[] {
   return out;
 }
 
+/** iptables-nft's own tables (read through iptables-save): not ours to list with nft. */
+const IPTABLES_NFT_TABLES = new Set(['filter', 'nat', 'mangle', 'raw', 'security']);
+
+/**
+ * Our nftables state, one line per object in test/fuzz/harness.ts's form
+ * (`host nft rule <family> <table> <chain> <expr> comment=<c>`, so that the
+ * fuzz's SHARED rules apply): every inet table (ours, the reference's
+ * masquerade table), the ip/ip6 tables that are not iptables-nft's
+ * (portmap's cni_hostport). Anonymous counters' values and named counters'
+ * values are left out (traffic moves them); set elements and lines sorted
+ * (a set's listing order, a chain re-created, are no leftovers).
+ */
+async function nftState(h: (argv: string[]) => Promise<string[]>): Promise<string[]> {
+  const tables = [
+    ...(await h(['nft', 'list', 'tables', 'inet'])),
+    ...(await h(['nft', 'list', 'tables', 'ip'])),
+    ...(await h(['nft', 'list', 'tables', 'ip6'])),
+  ]
+    .map((l) => l.split(' '))
+    .filter(([kw, fam, name]) => kw === 'table' && !(fam !== 'inet' && IPTABLES_NFT_TABLES.has(name)));
+  const out: string[] = [];
+  const sorted = (elems: unknown[] | undefined) => JSON.stringify((elems ?? []).map((e) => JSON.stringify(e)).sort().map((e) => JSON.parse(e)));
+  for (const [, fam, name] of tables) {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const items: any[] = JSON.parse((await h(['nft', '-j', 'list', 'table', fam, name])).join('\n')).nftables;
+    for (const it of items) {
+      if (it.table) out.push(`host nft table ${it.table.family} ${it.table.name}`);
+      else if (it.chain) out.push(`host nft chain ${it.chain.family} ${it.chain.table} ${it.chain.name} hook=${it.chain.hook ?? '-'} prio=${it.chain.prio ?? '-'}`);
+      else if (it.rule) out.push(`host nft rule ${it.rule.family} ${it.rule.table} ${it.rule.chain} ${JSON.stringify(it.rule.expr).replace(/\{"counter":\{"packets":\d+,"bytes":\d+\}\}/g, '{"counter":{}}')} comment=${it.rule.comment ?? '-'}`);
+      else if (it.set) out.push(`host nft set ${it.set.family} ${it.set.table} ${it.set.name} ${sorted(it.set.elem)}`);
+      else if (it.map) out.push(`host nft map ${it.map.family} ${it.map.table} ${it.map.name} ${sorted(it.map.elem)}`);
+      else if (it.counter) out.push(`host nft counter ${it.counter.family} ${it.counter.table} ${it.counter.name}`);
+      else if (!it.metainfo) out.push(`host nft ${JSON.stringify(it)}`);
+    }
+  }
+  return out.sort();
+}
+
+/** Fresh-host mode: what the bridge's masquerade keeps by design after its last container (the fuzz's rule for it). */
+const freshShared = (l: string) => SHARED.bridge.some((ok) => ok(l, new Set()));
+
 async function snapshot(sb: Sandbox, opts: SnapOpts = {}): Promise<Snapshot> {
   const h = async (argv: string[]) => {
     const r = await exec(['ip', 'netns', 'exec', sb.host, ...argv]);
@@ -421,7 +487,7 @@ async function snapshot(sb: Sandbox, opts: SnapOpts = {}): Promise<Snapshot> {
   const br = opts.fresh?.bridge;
   const not = (re: (b: string) => RegExp) => (l: string) => !br || !re(br).test(l);
   const ipt = async (tool: string, table: string) => (await h([tool, '-t', table])).filter((l) => !l.startsWith('#')).map((l) => l.replace(/ \[\d+:\d+\]$/, ''));
-  const [links, addresses, routes4, routes6, f4, n4, f6, n6, qdiscs] = await Promise.all([
+  const [links, addresses, routes4, routes6, f4, n4, f6, n6, qdiscs, nft] = await Promise.all([
     h(['ip', '-o', 'link', 'show']),
     h(['ip', '-o', 'addr', 'show']),
     h(['ip', '-4', 'route', 'show', 'table', 'all']),
@@ -431,6 +497,7 @@ async function snapshot(sb: Sandbox, opts: SnapOpts = {}): Promise<Snapshot> {
     ipt('ip6tables-save', 'filter'),
     ipt('ip6tables-save', 'nat'),
     h(['tc', 'qdisc', 'show']),
+    nftState(h),
   ]);
   const names = links.map((l) => /^\d+: ([^:@]+)/.exec(l)![1]);
   const filters = (
@@ -453,6 +520,7 @@ async function snapshot(sb: Sandbox, opts: SnapOpts = {}): Promise<Snapshot> {
     'iptables nat': n4,
     'ip6tables filter': f6,
     'ip6tables nat': n6,
+    nftables: br ? nft.filter((l) => !freshShared(l)) : nft,
     qdiscs: qdiscs.filter(not((b) => new RegExp(` dev ${b} `))),
     filters,
     files: files(sb.dir, opts),
@@ -645,21 +713,22 @@ function sandbox(tag: string): Sandbox {
   return sb;
 }
 
-const LISTS: [string, ListOf][] = [
-  ['podman', podman],
-  ['aos', aos],
-];
+/** Each list on each backend: [name, list, backend, seed index] (the iptables lists keep their seeds of before backends). */
+const LISTS: [string, ListOf, Backend, number][] = BACKENDS.flatMap((b, i) =>
+  ([['podman', podman], ['aos', aos]] as const).map(([name, list], n): [string, ListOf, Backend, number] => [b === 'iptables' ? name : `${name} on ${b}`, list(b), b, 2 * i + n]),
+);
 /**
  * Per test, for a machine 4× slower than the development one with a
  * CPU-bound process beside it. Measured there (2 cores, load 6-8, all eight
- * tests at once): sampled 15-89 s per test (105 s the file), full 118-705 s
- * (711 s the file).
+ * tests at once, iptables only): sampled 15-89 s per test (105 s the file),
+ * full 118-705 s (711 s the file).
  */
 const TIMEOUT = sized(900_000, 7_200_000);
 
 describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL and GC', () => {
-  LISTS.forEach(([name, listOf], n) => {
-    it(`${name}: ${FULL ? 'every failpoint' : `${SAMPLED.alone} failpoints`} and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
+  LISTS.forEach(([name, listOf, backend, n]) => {
+    const sampled = sampledOf(backend);
+    it(`${name}: ${FULL ? 'every failpoint' : `${sampled.alone} failpoints`} and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crash'), listOf);
       // Containers that came and went: the host has the network's bridge and shared chains.
       let passes: Pass[] = [];
@@ -671,11 +740,11 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         passes = add.passes; // the second's: a container on this (no longer fresh) host
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = [...sample(failpointsOf(passes), SAMPLED.alone, 1 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
+      const points = [...sample(focus(backend, failpointsOf(passes)), sampled.alone, 1 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
       expect(report(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (alone)` }))).toBe('');
     }, TIMEOUT);
 
-    it(`${name}: ${FULL ? "dnsname's failpoints, each plugin's last" : `${SAMPLED.neighbour} of dnsname's failpoints and each plugin's last`} and ${TIMED_PER_MODE} timed kills, beside a neighbour that stays untouched`, async ({ expect }) => {
+    it(`${name}: ${FULL ? "dnsname's failpoints, each plugin's last" : `${sampled.neighbour} of dnsname's failpoints and each plugin's last`} and ${TIMED_PER_MODE} timed kills, beside a neighbour that stays untouched`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crashn'), listOf);
       const neighbour = await rt.container('n');
       await rt.add(neighbour);
@@ -685,13 +754,14 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
       const { result, passes } = await rt.add(probe, true);
       expect(await rt.del(probe, result)).toEqual([]);
       await rt.removeContainer(probe);
-      const points = [...sample(failpointsOf(passes, (t, l) => t === 'dnsname' || l === FP.entry.done), SAMPLED.neighbour, 11 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
+      const points = [...sample(failpointsOf(passes, (t, l) => t === 'dnsname' || l === FP.entry.done), sampled.neighbour, 11 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + 10 + n))];
       expect(report(await runCases(rt, points, { neighbours: [neighbour], snap: {}, mode: `${name} (neighbour)` }))).toBe('');
     }, TIMEOUT);
   });
 
-  LISTS.forEach(([name, listOf], n) => {
-    it(`${name}: killed during DEL at ${FULL ? 'every failpoint' : `${SAMPLED.del} failpoints`}, then the runtime's retried DEL`, async ({ expect }) => {
+  LISTS.forEach(([name, listOf, backend, n]) => {
+    const sampled = sampledOf(backend);
+    it(`${name}: killed during DEL at ${FULL ? 'every failpoint' : `${sampled.del} failpoints`}, then the runtime's retried DEL`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crashd'), listOf);
       let passes: Pass[] = [];
       for (const tag of ['w', 'p']) {
@@ -701,44 +771,48 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
         await rt.removeContainer(c);
       }
       expect(await rt.gc([])).toEqual([]);
-      const points = failpointsOf(passes);
-      expect(points.length).toBeGreaterThan(10);
-      expect(report(await runDelCases(rt, sample(points, SAMPLED.del, 21 + n), `${name} (DEL killed)`))).toBe('');
+      const points = focus(backend, failpointsOf(passes));
+      expect(points.length).toBeGreaterThan(backend === 'iptables' ? 10 : 5);
+      expect(report(await runDelCases(rt, sample(points, sampled.del, 21 + n), `${name} (DEL killed)`))).toBe('');
     }, TIMEOUT);
   });
 
-  it(`GC alone (the runtime lost its state): ${FULL ? 'every failpoint after a change' : `${SAMPLED.gc} failpoints after a change`} and ${TIMED_PER_MODE / 2} timed kills per list`, async ({ expect }) => {
-    const outcomes: Outcome[] = [];
-    for (const [n, [name, listOf]] of LISTS.entries()) {
-      const gcAble: ListOf = (sb, c) => {
-        const list = listOf(sb, c);
-        return { ...list, plugins: list.plugins.filter((p) => !NO_GC.has(p.type)) };
-      };
-      const rt = new Runtime(sandbox('crashg'), gcAble);
-      let passes: Pass[] = [];
-      for (const tag of ['w', 'p']) {
-        const c = await rt.container(tag);
-        const add = await rt.add(c, true);
-        expect(await rt.del(c, add.result)).toEqual([]);
-        await rt.removeContainer(c);
-        passes = add.passes;
+  describe.each(BACKENDS)('%s', (backend) => {
+    const sampled = sampledOf(backend);
+    it(`GC alone (the runtime lost its state): ${FULL ? 'every failpoint after a change' : `${sampled.gc} failpoints after a change`} and ${TIMED_PER_MODE / 2} timed kills per list`, async ({ expect }) => {
+      const outcomes: Outcome[] = [];
+      for (const [name, listOf, , n] of LISTS.filter((l) => l[2] === backend)) {
+        const gcAble: ListOf = (sb, c) => {
+          const list = listOf(sb, c);
+          return { ...list, plugins: list.plugins.filter((p) => !NO_GC.has(p.type)) };
+        };
+        const rt = new Runtime(sandbox('crashg'), gcAble);
+        let passes: Pass[] = [];
+        for (const tag of ['w', 'p']) {
+          const c = await rt.container(tag);
+          const add = await rt.add(c, true);
+          expect(await rt.del(c, add.result)).toEqual([]);
+          await rt.removeContainer(c);
+          passes = add.passes;
+        }
+        expect(await rt.gc([])).toEqual([]);
+        const points = [...sample(focus(backend, failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l))), sampled.gc, 31 + n), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
+        outcomes.push(...(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (GC only)`, gcOnly: true })));
       }
-      expect(await rt.gc([])).toEqual([]);
-      const points = [...sample(failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l)), SAMPLED.gc, 31 + n), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
-      outcomes.push(...(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (GC only)`, gcOnly: true })));
-    }
-    expect(report(outcomes)).toBe('');
-  }, TIMEOUT);
+      expect(report(outcomes)).toBe('');
+    }, TIMEOUT);
 
-  it(`bridge and host-local on a fresh host${FULL ? '' : ` (${SAMPLED.fresh} failpoints)`} (the bridge itself stays, as with the reference)`, async ({ expect }) => {
-    const probe = new Runtime(sandbox('crashp'), podman);
-    const { passes } = await probe.add(await probe.container('p'), true);
-    const outcomes: Outcome[] = [];
-    const points = sample(failpointsOf(passes, (t) => t === 'bridge'), SAMPLED.fresh, 41);
-    const hosts = points.map(() => sandbox('crashf')); // made up front: Sandbox blocks, the timed kills of other modes must not wait
-    for (const [i, k] of points.entries()) {
-      outcomes.push(...(await runCases(new Runtime(hosts[i], podman), [k], { neighbours: [], snap: { fresh: { bridge: 'cni-podman0' } }, mode: 'podman (fresh host)' })));
-    }
-    expect(report(outcomes)).toBe('');
-  }, TIMEOUT);
+    it(`bridge and host-local on a fresh host${FULL ? '' : ` (${sampled.fresh} failpoints)`} (the bridge itself stays, as with the reference)`, async ({ expect }) => {
+      const list = podman(backend);
+      const probe = new Runtime(sandbox('crashp'), list);
+      const { passes } = await probe.add(await probe.container('p'), true);
+      const outcomes: Outcome[] = [];
+      const points = sample(failpointsOf(passes, (t) => t === 'bridge'), sampled.fresh, backend === 'iptables' ? 41 : 42);
+      const hosts = points.map(() => sandbox('crashf')); // made up front: Sandbox blocks, the timed kills of other modes must not wait
+      for (const [i, k] of points.entries()) {
+        outcomes.push(...(await runCases(new Runtime(hosts[i], list), [k], { neighbours: [], snap: { fresh: { bridge: 'cni-podman0' } }, mode: `podman${backend === 'iptables' ? '' : ` on ${backend}`} (fresh host)` })));
+      }
+      expect(report(outcomes)).toBe('');
+    }, TIMEOUT);
+  });
 });

@@ -90,6 +90,57 @@ describe.each(BACKENDS)('dnsname with real queries (port 53 opened on %s)', (b) 
     expect(opened(NET_A)).toBe(false);
   });
 
+  // Issue 15 item 4: an accept in our table does not override iptables' INPUT policy of DROP; the network is opened there.
+  if (b === 'nftables') {
+    it('behind an iptables INPUT policy of DROP: port 53 from the bridge is opened there too (one pair per network, refreshed by ADD, gone with the last DEL); "refuse" fails naming the policy', () => {
+      const inputOpenings = () => filterText().split('\n').filter((l) => l.includes('cni-ts nftables dnsname network')).sort();
+      const pair = (net: Net) => ['tcp', 'udp'].map((p) => `-A INPUT -i ${net.bridge} -p ${p} -m ${p} --dport 53 -m comment --comment "cni-ts nftables dnsname network ${net.name}" -j ACCEPT`);
+      expect(sb.inHost(['iptables', '-A', 'INPUT', '-i', 'lo', '-j', 'ACCEPT']).code).toBe(0); // (ADD asks dnsmasq from the host)
+      expect(sb.inHost(['iptables', '-P', 'INPUT', 'DROP']).code).toBe(0);
+      const web = addInstance(NET_A, 'c-web', 'web');
+      const db = addInstance(NET_A, 'c-db', 'db');
+      expect(inputOpenings()).toEqual(pair(NET_A));
+      expect(resolve(sb.dir, db.ns, '10.71.1.1', 'web.a.lan')).toBe(web.ip);
+      // The hole: without the iptables side our table's accept alone lets no query in (counted, then dropped).
+      for (const p of ['tcp', 'udp']) {
+        expect(sb.inHost(['iptables', '-D', 'INPUT', '-i', NET_A.bridge, '-p', p, '-m', p, '--dport', '53', '-m', 'comment', '--comment', `cni-ts nftables dnsname network ${NET_A.name}`, '-j', 'ACCEPT']).code).toBe(0);
+      }
+      expect(inputOpenings()).toEqual([]);
+      const counted = nftAccepted();
+      expect(resolve(sb.dir, db.ns, '10.71.1.1', 'web.a.lan')).not.toBe(web.ip);
+      expect(nftAccepted()).toBeGreaterThan(counted);
+      // The network's next ADD puts it back.
+      const api = addInstance(NET_A, 'c-api', 'api');
+      expect(inputOpenings()).toEqual(pair(NET_A));
+      expect(resolve(sb.dir, db.ns, '10.71.1.1', 'api.a.lan')).toBe(api.ip);
+      // "refuse" (another network): fails naming the policy, leaves nothing of that network.
+      const c = sb.container();
+      const br = sb.plugin(BRIDGE, { command: 'ADD', containerId: 'c-x', netns: c.path }, {
+        cniVersion: '1.0.0', name: NET_B.name, type: 'bridge', bridge: NET_B.bridge, isGateway: true, ipam: { type: 'host-local', subnet: NET_B.subnet, dataDir: join(sb.dir, 'ipam') },
+      });
+      expect(br.code, br.stdout + br.stderr).toBe(0);
+      const dnsmasqs = ourDnsmasq().length;
+      const conf = dnsConf(NET_B, [], br.json, { iptablesInputDrop: 'refuse' });
+      const r = sb.plugin(DNSNAME, call('ADD', 'c-x', c.path, 'x'), conf);
+      expect(r.code).toBe(1);
+      expect(r.json).toMatchObject({ code: 50, msg: 'iptables INPUT policy is DROP: nftables rules alone cannot let network "netb" reach its DNS server (port 53)' });
+      expect(r.json.details).toContain('iptablesInputDrop is "refuse"');
+      expect(opened(NET_B)).toBe(false);
+      expect(existsSync(join(netDir(NET_B), 'state.json'))).toBe(false);
+      expect(ourDnsmasq()).toHaveLength(dnsmasqs);
+      expect(inputOpenings()).toEqual(pair(NET_A));
+      expect(sb.plugin(DNSNAME, call('DEL', 'c-x', c.path, 'x'), conf).code).toBe(0);
+      // The network's last DEL takes its pair away; not before.
+      expect(run(web, 'DEL').code).toBe(0);
+      expect(run(api, 'DEL').code).toBe(0);
+      expect(inputOpenings()).toEqual(pair(NET_A));
+      expect(resolve(sb.dir, db.ns, '10.71.1.1', 'db.a.lan')).toBe(db.ip);
+      expect(run(db, 'DEL').code).toBe(0);
+      expect(inputOpenings()).toEqual([]);
+      expect(opened(NET_A)).toBe(false);
+    });
+  }
+
   it('an opening made under the other backend is closed by this backend\'s last DEL (a switched network)', () => {
     const other: TestBackend = b === 'iptables' ? 'nftables' : 'iptables';
     backend = other;

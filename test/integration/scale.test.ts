@@ -191,7 +191,10 @@ function leftovers(s: Scenario, containers: Container[]) {
       qdiscs: sb.inHost(['tc', 'qdisc', 'show']).stdout.split('\n').filter((l) => l && !/^qdisc noqueue 0: dev /.test(l)),
       chains,
       naming,
-      port53: [...tables.filter, ...tables['ip6 filter'], ...nftLines].filter((l) => l.includes('--dport 53 ') || / dport 53 /.test(l)),
+      // nftables: the opening is one rule over a set of bridges (lib/pf/dns), kept; the network's element must go.
+      port53: [...tables.filter, ...tables['ip6 filter']].filter((l) => l.includes('--dport 53 ')).concat(
+        nftLines.filter((l) => (/ dport 53 /.test(l) && !l.includes('@')) || l.includes(`comment "${s.net}"`)),
+      ),
       hosts: existsSync(join(dnsDir, 'addnhosts')) ? readFileSync(join(dnsDir, 'addnhosts'), 'utf8').trim() : '',
       dnsnameDir: existsSync(dnsDir),
       daemons: sb.strays(),

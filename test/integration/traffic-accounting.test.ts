@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BIN, Sandbox } from '../helpers/sandbox.js';
+import { BIN, Sandbox, sh } from '../helpers/sandbox.js';
 import { throughput } from '../helpers/traffic.js';
 import { BACKENDS, type TestBackend } from '../helpers/backends.js';
 import { chainsFor } from '../../lib/pf/accounting/layout.js';
+import { addScript, delScript } from '../../lib/pf/accounting/nftables.js';
 
 const BRIDGE = join(BIN, 'bridge');
 const TA = join(BIN, 'traffic-accounting');
@@ -133,6 +134,22 @@ describe('traffic-accounting: backends', () => {
       expect(filter()).not.toContain('AOS_');
       expect(nftTable()).not.toContain('AOS_');
     }
+  });
+
+  it("nftables: ADD's and DEL's one-call scripts apply as written (the plugin falls back to read-and-replace only when they fail)", () => {
+    const inst = { instanceId: 'one-call', ips: ['10.83.0.77'], skip: ['10.0.0.0/8', '127.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16'], owner: { network: 'tanet', containerID: 'one-call', ifname: 'eth0' } };
+    const c = chainsFor('one-call');
+    const nft = (script: string) => sh(['ip', 'netns', 'exec', sb.host, 'nft', '-f', '-'], script).code === 0;
+    expect(nft(delScript(inst))).toBe(false); // no table: DEL's script fails (DEL then reads and finds nothing), it makes no table
+    expect(nftTable()).toBe('');
+    expect(nft(addScript(inst))).toBe(true);
+    expect(nftCounters().get(c.in)?.comment).toBe('cni-ts traffic-accounting net=tanet id=one-call if=eth0');
+    expect(nftTable()).toContain(`10.83.0.77 : "${c.out}"`);
+    expect(nft(addScript(inst))).toBe(false); // a re-ADD is caught by the guard (the plugin then replaces, counters from zero)
+    expect(nft(addScript({ ...inst, instanceId: 'other' }))).toBe(false); // so is an address still mapped to another instance
+    expect(nft(delScript(inst))).toBe(true);
+    expect(nftTable()).not.toContain('AOS_');
+    expect(nft(delScript(inst))).toBe(true); // idempotent once the table exists
   });
 
   it('bad input: an unknown backend is a config error and leaves nothing', () => {

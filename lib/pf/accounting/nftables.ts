@@ -128,16 +128,55 @@ class Index {
 
 const read = async () => new Index(await nftListTable(FAMILY, TABLE));
 
-function counterLines(inst: AccountedInstance, verb: 'add' | 'create'): string[] {
+/**
+ * The instance's two counters with the owner record. `guarded`: the
+ * transaction fails when they exist — nft 1.0.6 parses no block after
+ * `create counter`, so a plain `create` guards and the counter is then
+ * made again with its comment (a delete and an add in one transaction).
+ */
+function counterLines(inst: AccountedInstance, guarded: boolean): string[] {
   const c = chainsFor(inst.instanceId);
   const comment = nftQuote(nftOwnerComment(inst.owner));
-  return [`${verb} counter ${T} ${c.in} { comment ${comment}; }`, `${verb} counter ${T} ${c.out} { comment ${comment}; }`];
+  return [c.in, c.out].flatMap((name) => [
+    ...(guarded ? [`create counter ${T} ${name}`, `delete counter ${T} ${name}`] : []),
+    `add counter ${T} ${name} { comment ${comment}; }`,
+  ]);
 }
 
 function elementLines(inst: AccountedInstance): string[] {
   const c = chainsFor(inst.instanceId);
   const n = names(groupOf(inst.skip));
   return inst.ips.flatMap((ip) => [`add element ${T} ${n.in} { ${ip} : "${c.in}" }`, `add element ${T} ${n.out} { ${ip} : "${c.out}" }`]);
+}
+
+/**
+ * ADD's script when nothing of the instance exists: the group (written
+ * again), the counters (guarded: a re-ADD fails it), a stale block of the
+ * addresses cleared, the addresses mapped (an address still mapped to
+ * another counter fails it). Exported for the tests, which apply it by hand.
+ */
+export function addScript(inst: AccountedInstance): string {
+  const n = names(groupOf(inst.skip));
+  const unblock = inst.ips.flatMap((ip) => [n.blockedIn, n.blockedOut].flatMap((s) => [`add element ${T} ${s} { ${ip} }`, `delete element ${T} ${s} { ${ip} }`]));
+  return [...groupLines(inst.skip), ...counterLines(inst, true), ...unblock, ...elementLines(inst), ''].join('\n');
+}
+
+/**
+ * DEL's script with the addresses known, needing no read: every delete
+ * preceded by an add of the same thing (nft 1.0.6 has no `destroy`), and
+ * nothing that makes the table (no table: it fails, and DEL reads).
+ */
+export function delScript(inst: AccountedInstance): string {
+  const c = chainsFor(inst.instanceId);
+  const n = names(groupOf(inst.skip));
+  const lines = [`add counter ${T} ${c.in}`, `add counter ${T} ${c.out}`];
+  for (const ip of inst.ips) {
+    lines.push(`add element ${T} ${n.in} { ${ip} : "${c.in}" }`, `delete element ${T} ${n.in} { ${ip} }`);
+    lines.push(`add element ${T} ${n.out} { ${ip} : "${c.out}" }`, `delete element ${T} ${n.out} { ${ip} }`);
+    for (const s of [n.blockedIn, n.blockedOut]) lines.push(`add element ${T} ${s} { ${ip} }`, `delete element ${T} ${s} { ${ip} }`);
+  }
+  lines.push(`delete counter ${T} ${c.in}`, `delete counter ${T} ${c.out}`, '');
+  return lines.join('\n');
 }
 
 /** Lines removing whatever holds the instance's counters or its addresses (a leftover of an earlier ADD, a stale instance's address). */
@@ -165,32 +204,19 @@ export class NftAccounting implements InstanceAccounting {
   readonly backend = 'nftables' as const;
 
   async add(inst: AccountedInstance): Promise<void> {
-    const n = names(groupOf(inst.skip));
-    const unblock = inst.ips.flatMap((ip) => [n.blockedIn, n.blockedOut].flatMap((s) => [`add element ${T} ${s} { ${ip} }`, `delete element ${T} ${s} { ${ip} }`]));
     // The common case, one call: nothing of this instance there, its addresses free.
-    if (await nftTryApply([...groupLines(inst.skip), ...counterLines(inst, 'create'), ...unblock, ...elementLines(inst), ''].join('\n'))) return;
+    if (await nftTryApply(addScript(inst))) return;
     // A re-ADD (counters start from zero) or a leftover: read, then replace in one transaction.
     await withIptablesLock(async () => {
       const ix = await read();
-      await nftApply([...groupLines(inst.skip), ...replaceLines(ix, inst), ...counterLines(inst, 'add'), ...elementLines(inst), ''].join('\n'));
+      await nftApply([...groupLines(inst.skip), ...replaceLines(ix, inst), ...counterLines(inst, false), ...elementLines(inst), ''].join('\n'));
     });
   }
 
   async del(inst: AccountedInstance): Promise<void> {
     const c = chainsFor(inst.instanceId);
-    if (inst.ips.length > 0) {
-      // No read: each delete preceded by an add of the same thing (idempotent), the table itself never made here.
-      const n = names(groupOf(inst.skip));
-      const lines = [`add counter ${T} ${c.in}`, `add counter ${T} ${c.out}`];
-      for (const ip of inst.ips) {
-        lines.push(`add element ${T} ${n.in} { ${ip} : "${c.in}" }`, `delete element ${T} ${n.in} { ${ip} }`);
-        lines.push(`add element ${T} ${n.out} { ${ip} : "${c.out}" }`, `delete element ${T} ${n.out} { ${ip} }`);
-        for (const s of [n.blockedIn, n.blockedOut]) lines.push(`add element ${T} ${s} { ${ip} }`, `delete element ${T} ${s} { ${ip} }`);
-      }
-      lines.push(`delete counter ${T} ${c.in}`, `delete counter ${T} ${c.out}`, '');
-      // Fails without the table, when an address is another instance's now, or the counter has more elements: then read.
-      if (await nftTryApply(lines.join('\n'))) return;
-    }
+    // Fails without the table, when an address is another instance's now, or a counter has more elements: then read.
+    if (inst.ips.length > 0 && (await nftTryApply(delScript(inst)))) return;
     await withIptablesLock(async () => {
       const ix = await read();
       const lines: string[] = [];

@@ -1,8 +1,10 @@
 import { CniError, ErrorCode } from '../../cni/errors.js';
 import { canonicalIP, canonicalNetwork, isCidr, isIP } from '../../ip/index.js';
 import { deleteRuleLines, NFT_COMMENT_MAX, NFT_NAME, nftApply, nftCommentKeys, nftListChain, nftListTable, nftQuote, nftTryApply, type NftRule, type NftTable } from '../../nft/index.js';
+import { withIptablesLock, type Rule } from '../../iptables/index.js';
 import { requireRules, type Expected } from '../check.js';
-import type { AosFirewall, AosInstance } from './index.js';
+import { closeIptables, ctSubnet, networkPart, openIptables, type Opening } from '../coexist.js';
+import type { AosFirewall, AosInstance, AosNetwork } from './index.js';
 import { maskToPrefix, type AccessRule } from '../../../plugins/aos-firewall/state.js';
 
 /**
@@ -46,7 +48,13 @@ import { maskToPrefix, type AccessRule } from '../../../plugins/aos-firewall/sta
  *
  * An accept ends this table's chain only: another base chain at the forward
  * hook (iptables' FORWARD, another table) still sees the packet, and its
- * drop wins. The drops here are final wherever they are.
+ * drop wins. The drops here are final wherever they are. So on a host whose
+ * iptables FORWARD policy is DROP (Docker's), ADD also opens the instance's
+ * subnet there (../coexist.ts): two rules per subnet, accepting the
+ * connections the subnet's instances start (`--ctorigsrc`) and those they
+ * answer (`--ctreplsrc`), which leaves every decision to this table; the
+ * subnet's last instance (counted in the state file) takes them away.
+ * `iptablesForwardDrop: "refuse"` makes ADD fail instead, naming the policy.
  */
 export const TABLE = 'cni_ts_aos';
 export const FAMILY = 'inet';
@@ -94,6 +102,8 @@ export function commentFor(uuid: string, role: string): string {
 /** Validated pieces of an entry, as nft writes them (the entry may come from another writer's state file). */
 interface Parts {
   ip: string;
+  /** IP/P, the instance's subnet (canonical): what an iptables-side opening opens. */
+  subnet: string;
   chain: string;
   fwd: string;
   /** GW/P, the instance's own subnet as the gateway sees it. */
@@ -130,7 +140,7 @@ function parts(e: AosInstance): Parts {
   });
   if (e.hasInternetConnection && !/^[^\s"\\/]{1,15}$/.test(e.publicInterface)) throw bad(`public interface "${e.publicInterface}" is not an interface name`);
   return {
-    ip, chain: e.name, fwd: `${e.name}-fwd`,
+    ip, subnet: canonicalNetwork(`${ip}/${maskToPrefix(e.address.Mask)}`), chain: e.name, fwd: `${e.name}-fwd`,
     gwSubnet: canonicalNetwork(`${gw}/${maskToPrefix(e.address.Mask)}`),
     gwNet: canonicalNetwork(`${gw}/${Number(e.gatewayPrefixLen)}`),
     wan: e.publicInterface, uuid: e.containerID || e.name, own, other,
@@ -248,6 +258,19 @@ const otherPrefix = (uuid: string) => commentFor(uuid, 'outputAccess').replace(/
 
 const script = (lines: string[]) => `${lines.join('\n')}\n`;
 
+/** The iptables-side opening of an instance subnet. */
+const opening = (net: AosNetwork, subnet: string): Opening => ({
+  hook: 'FORWARD', owner: 'aos-firewall', network: net.name, matches: [ctSubnet(subnet, 'orig'), ctSubnet(subnet, 'repl')],
+  option: 'iptablesForwardDrop', purpose: 'through',
+});
+/** The subnet an opening rule opens. */
+function openedSubnet(r: Rule): string | undefined {
+  const i = r.spec.findIndex((a) => a === '--ctorigsrc' || a === '--ctreplsrc');
+  return i >= 0 ? r.spec[i + 1] : undefined;
+}
+/** Removes the openings of `subnet`, whichever network's name they carry (its instances are gone). */
+const closeSubnet = (subnet: string) => closeIptables('FORWARD', 'aos-firewall', (r) => openedSubnet(r) === subnet, [4]);
+
 async function otherRulesOf(comments: Set<string>): Promise<NftRule[]> {
   if (comments.size === 0) return [];
   const c = await nftListChain(FAMILY, TABLE, OTHER);
@@ -258,12 +281,21 @@ export class NftAosFirewall implements AosFirewall {
   readonly backend = 'nftables' as const;
 
   locked<T>(fn: () => Promise<T>): Promise<T> {
-    return fn();
+    return withIptablesLock(fn);
   }
 
-  async add(entry: AosInstance, old: AosInstance | undefined): Promise<void> {
+  async add(entry: AosInstance, old: AosInstance | undefined, net: AosNetwork): Promise<void> {
     const x = parts(entry);
     const ox = old ? partsOrUndefined(old) : undefined;
+    // The iptables side first: a "refuse" fails before anything changes. Should the transaction
+    // below fail after an opening, a DEL (finding no entry) closes it with the subnet unused.
+    await openIptables(opening(net, x.subnet), net.iptablesForwardDrop);
+    await this.write(entry, x, old, ox);
+    // The instance moved: its old subnet's opening goes when no one else is there.
+    if (ox && ox.subnet !== x.subnet && !net.subnetInUse(ox.subnet)) await closeSubnet(ox.subnet);
+  }
+
+  private async write(entry: AosInstance, x: Parts, old: AosInstance | undefined, ox: Parts | undefined): Promise<void> {
     const adds = addLines(entry, x);
     // The planned script: the old entry's elements (and chains, when renamed) out, the new in.
     const oldComments = old && ox ? otherComments(old, ox) : new Set<string>();
@@ -282,8 +314,19 @@ export class NftAosFirewall implements AosFirewall {
     await nftApply(script([...lines, ...adds]));
   }
 
-  async del(entry: AosInstance | undefined, chain: string, uuid: string): Promise<void> {
+  async del(entry: AosInstance | undefined, chain: string, uuid: string, net: AosNetwork): Promise<void> {
     const x = entry ? partsOrUndefined(entry) : undefined;
+    await this.remove(entry, x, chain, uuid);
+    if (x) {
+      if (!net.subnetInUse(x.subnet)) await closeSubnet(x.subnet);
+    } else if (!entry) {
+      // No entry (the state file lost it, or a repeated DEL): this network's openings of subnets no instance uses.
+      const mine = networkPart(net.name);
+      await closeIptables('FORWARD', 'aos-firewall', (r, n) => n === mine && !net.subnetInUse(openedSubnet(r) ?? ''), [4]);
+    }
+  }
+
+  private async remove(entry: AosInstance | undefined, x: Parts | undefined, chain: string, uuid: string): Promise<void> {
     if (entry && x) {
       const comments = otherComments(entry, x);
       if (await nftTryApply(script(removeLines(entry, x, await otherRulesOf(comments), false)))) return;

@@ -28,6 +28,8 @@ export class IptablesDnsPorts implements DnsPorts {
     });
   }
 
+  async refresh(): Promise<void> {}
+
   async close(o: DnsOpening): Promise<void> {
     await transaction(o.family, 'filter', (p) => {
       for (const r of inputRules(o)) p.delete(r);

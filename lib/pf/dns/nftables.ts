@@ -1,6 +1,8 @@
 import { CniError, ErrorCode } from '../../cni/errors.js';
 import { NFT_COMMENT_MAX, nftApply, nftCommentKeys, nftListTable, nftQuote, nftTryApply } from '../../nft/index.js';
+import { option } from '../../iptables/rule.js';
 import { requireRules } from '../check.js';
+import { closeIptables, closeNetwork, dnsFrom, networkPart, openIptables, type Opening } from '../coexist.js';
 import { dnsTag, type DnsOpening, type DnsPorts } from './index.js';
 
 /**
@@ -22,8 +24,12 @@ import { dnsTag, type DnsOpening, type DnsPorts } from './index.js';
  *
  * Like every accept in nftables, this one ends our table's chain only: a
  * drop in another base chain at the input hook (iptables' INPUT policy
- * DROP, a firewall's own table) still drops DNS. On such hosts use the
- * iptables backend (dnsname's default where iptables is installed).
+ * DROP, a firewall's own table) still drops DNS. So when iptables' INPUT
+ * policy is DROP, an opening also opens the network on the iptables side
+ * (../coexist.ts: `-i <bridge> -p udp|tcp --dport 53 … -j ACCEPT`, one pair
+ * per network, gone with the network), or with `iptablesInputDrop:
+ * "refuse"` fails naming the policy. (Another table's drop is that table's
+ * business.)
  */
 export const TABLE = 'cni_ts_dns';
 export const FAMILY = 'inet';
@@ -54,6 +60,11 @@ const frame = () => [
 ];
 const script = (lines: string[]) => `${lines.join('\n')}\n`;
 
+/** The iptables-side opening of a network's port 53. */
+const inputOpening = (o: DnsOpening): Opening => ({
+  hook: 'INPUT', owner: 'dnsname', network: o.network, matches: dnsFrom(o.bridge, o.family), option: 'iptablesInputDrop', purpose: 'reach its DNS server (port 53)',
+});
+
 /** A listed element: its interface name and comment. */
 function elementOf(el: unknown): { name: string; comment?: string } {
   if (typeof el === 'object' && el !== null && 'elem' in el) {
@@ -67,22 +78,36 @@ export class NftDnsPorts implements DnsPorts {
   readonly backend = 'nftables' as const;
 
   async open(o: DnsOpening): Promise<void> {
-    await nftApply(script([...frame(), `add element ${T} ${SET} { ${bridgeName(o.bridge)} comment ${nftQuote(elementComment(o.network))} }`]));
+    const bridge = bridgeName(o.bridge); // (validated before anything is written)
+    // The iptables side first: a "refuse" fails before anything of ours exists (a failed ADD's undo closes both).
+    await openIptables(inputOpening(o), o.iptablesInputDrop ?? 'open');
+    await nftApply(script([...frame(), `add element ${T} ${SET} { ${bridge} comment ${nftQuote(elementComment(o.network))} }`]));
+  }
+
+  async refresh(o: DnsOpening): Promise<void> {
+    await openIptables(inputOpening(o), o.iptablesInputDrop ?? 'open');
   }
 
   async close(o: DnsOpening): Promise<void> {
+    await this.closeElement(o);
+    const mine = networkPart(o.network);
+    await closeIptables('INPUT', 'dnsname', (r, n) => n === mine && option(r, '-i') === o.bridge, [o.family]);
+  }
+
+  private async closeElement(o: DnsOpening): Promise<void> {
     if (await nftTryApply(script([`delete element ${T} ${SET} { ${bridgeName(o.bridge)} }`]))) return;
     // Not there (or the table is gone): read, and delete it only if it is there after all.
     const t = await nftListTable(FAMILY, TABLE);
     if ((t?.sets.get(SET) ?? []).some((el) => elementOf(el).name === o.bridge)) await nftApply(script([`delete element ${T} ${SET} { ${bridgeName(o.bridge)} }`]));
   }
 
-  async closeNetwork(network: string): Promise<void> {
+  async closeNetwork(network: string, families: (4 | 6)[]): Promise<void> {
     const t = await nftListTable(FAMILY, TABLE);
-    if (!t) return; // nothing of ours exists
     const tag = elementComment(network);
-    const mine = (t.sets.get(SET) ?? []).map(elementOf).filter((e) => e.comment === tag);
+    const mine = (t?.sets.get(SET) ?? []).map(elementOf).filter((e) => e.comment === tag);
     if (mine.length) await nftApply(script(mine.map((e) => `delete element ${T} ${SET} { ${nftQuote(e.name)} }`)));
+    // Also without our table: an opening is made before it (an ADD that failed in between leaves one).
+    await closeNetwork('INPUT', 'dnsname', network, families);
   }
 
   async check(o: DnsOpening): Promise<void> {
