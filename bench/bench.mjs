@@ -541,6 +541,9 @@ const t0 = process.hrtime.bigint();
   // ---- packet-filter backends: iptables and nftables side by side with the reference (bench/backends.mjs). ----
   extra.backends = subBench('backends.mjs', { BENCH_RUNS: subRuns, BENCH_BACKENDS_OURS: OURS });
   check();
+  // ---- the traffic monitor's collection of 500 instances, iptables vs nftables (bench/collect.mjs). ----
+  extra.collect = subBench('collect.mjs', {});
+  check();
 
   section('backends');
   render();
@@ -759,6 +762,10 @@ function render() {
     '## Packet-filter backends: iptables and nftables',
     '',
     extra.backends?.ok ? extra.backends.table : `backends benchmark failed: ${extra.backends?.error ?? 'not run'}`,
+    '',
+    '### The traffic monitor: one collection of 500 instances',
+    '',
+    extra.collect?.ok ? extra.collect.table : `collect benchmark failed: ${extra.collect?.error ?? 'not run'}`,
     '',
   ].join('\n');
   console.log(out);
