@@ -144,12 +144,12 @@ function iptablesSave(table: string, tool = 'iptables-save'): string[] {
 }
 
 /** Lines of `nft list ruleset` in the host namespace that belong to our nftables tables or the reference's. */
-function nftOurs(): string[] {
+function nftOurs(only?: string): string[] {
   const out: string[] = [];
   let mine = false;
   for (const l of sb.inHost(['nft', 'list', 'ruleset']).stdout.split('\n')) {
     const t = /^table (\S+) (\S+) \{/.exec(l);
-    if (t) mine = /^(cni_ts_|cni_plugins_|cni_hostport$)/.test(t[2]);
+    if (t) mine = only ? t[2] === only : /^(cni_ts_|cni_plugins_|cni_hostport$)/.test(t[2]);
     if (mine && l.trim()) out.push(l.trim());
   }
   return out;
@@ -193,7 +193,8 @@ function leftovers(s: Scenario, containers: Container[]) {
       naming,
       // nftables: the opening is one rule over a set of bridges (lib/pf/dns), kept; the network's element must go.
       port53: [...tables.filter, ...tables['ip6 filter']].filter((l) => l.includes('--dport 53 ')).concat(
-        nftLines.filter((l) => (/ dport 53 /.test(l) && !l.includes('@')) || l.includes(`comment "${s.net}"`)),
+        nftLines.filter((l) => / dport 53 /.test(l) && !l.includes('@')),
+        nftOurs('cni_ts_dns').filter((l) => l.includes(`comment "${s.net}"`)),
       ),
       hosts: existsSync(join(dnsDir, 'addnhosts')) ? readFileSync(join(dnsDir, 'addnhosts'), 'utf8').trim() : '',
       dnsnameDir: existsSync(dnsDir),
