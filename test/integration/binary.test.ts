@@ -5,6 +5,7 @@ import { join, relative } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN as SHIPPED, Sandbox, TEST_BIN } from '../helpers/sandbox.js';
 import { MODE, modeEnv } from '../helpers/mode.js';
+import { FP } from '../../lib/cni/failpoints.js';
 
 /** The shipped build (bin/), or another one to check (CNI_TS_SHIPPED_BIN: e.g. an older build, to see these tests fail on it). */
 const BIN = process.env.CNI_TS_SHIPPED_BIN ?? SHIPPED;
@@ -107,7 +108,7 @@ describe('test hooks', () => {
   it('CNI_TS_KILL_AT: the shipped binary completes an ADD that reaches the label; the test build dies there', () => {
     for (const [dir, dies] of [[BIN, false], [TEST_BIN, true]] as const) {
       const c = sb.container();
-      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'k', CNI_NETNS: c.path, CNI_IFNAME: 'lo', CNI_TS_KILL_AT: 'done' };
+      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'k', CNI_NETNS: c.path, CNI_IFNAME: 'lo', CNI_TS_KILL_AT: FP.entry.done };
       const r = plugin(dir, 'loopback', env, loopback);
       if (dies && MODE === 'engine' && r.signal === null) {
         // The engine ran it and died at the failpoint (the whole engine, as the plugin's process would):

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MODE } from '../helpers/mode.js';
 import { BIN, ROOT, Sandbox, TEST_BIN, must } from '../helpers/sandbox.js';
+import { FP } from '../../lib/cni/failpoints.js';
 
 /**
  * Engine mode (docs/engine.md), against the real client, engine and kernel:
@@ -532,7 +533,7 @@ os.execve(exe, ['cni-ts', 'engine', '--dir', d, '--idle', '3'], {'PATH': '/usr/s
     const c = sb.container();
     await warm(TEST_BIN);
     const before = hostLinks();
-    const r = await call(TEST_BIN, 'bridge', { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x1', CNI_NETNS: c.path, CNI_TS_KILL_AT: 'done' }, ipamConf());
+    const r = await call(TEST_BIN, 'bridge', { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x1', CNI_NETNS: c.path, CNI_TS_KILL_AT: FP.entry.done }, ipamConf());
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stdout)).toMatchObject({ code: 11 });
     expect(allocations().length, 'the work was done up to the failpoint').toBe(1);
