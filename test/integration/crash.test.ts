@@ -7,7 +7,7 @@ import { FP, isFailpoint, type Failpoint } from '../../lib/cni/failpoints.js';
 import { inNetns, MODE, modeEnv } from '../helpers/mode.js';
 import { mulberry32 } from '../fuzz/generate.js';
 import { FULL, SAMPLE_SEED, sample, sized } from '../helpers/sample.js';
-import { BACKENDS, type TestBackend } from '../helpers/backends.js';
+import { LONG_SUITE_BACKENDS, type TestBackend } from '../helpers/backends.js';
 import { SHARED } from '../fuzz/run.js';
 
 /**
@@ -714,7 +714,7 @@ function sandbox(tag: string): Sandbox {
 }
 
 /** Each list on each backend: [name, list, backend, seed index] (the iptables lists keep their seeds of before backends). */
-const LISTS: [string, ListOf, Backend, number][] = BACKENDS.flatMap((b, i) =>
+const LISTS: [string, ListOf, Backend, number][] = LONG_SUITE_BACKENDS.flatMap((b, i) =>
   ([['podman', podman], ['aos', aos]] as const).map(([name, list], n): [string, ListOf, Backend, number] => [b === 'iptables' ? name : `${name} on ${b}`, list(b), b, 2 * i + n]),
 );
 /**
@@ -777,7 +777,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
     }, TIMEOUT);
   });
 
-  describe.each(BACKENDS)('%s', (backend) => {
+  describe.each([...LONG_SUITE_BACKENDS])('%s', (backend) => {
     const sampled = sampledOf(backend);
     it(`GC alone (the runtime lost its state): ${FULL ? 'every failpoint after a change' : `${sampled.gc} failpoints after a change`} and ${TIMED_PER_MODE / 2} timed kills per list`, async ({ expect }) => {
       const outcomes: Outcome[] = [];

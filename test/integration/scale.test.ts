@@ -6,7 +6,7 @@ import { BIN, ROOT, Sandbox } from '../helpers/sandbox.js';
 import { modeEnv, startEngine, stopEngines } from '../helpers/mode.js';
 import { resolve, Traffic } from '../helpers/traffic.js';
 import { FULL, sized } from '../helpers/sample.js';
-import { BACKENDS, type TestBackend } from '../helpers/backends.js';
+import { LONG_SUITE_BACKENDS, type TestBackend } from '../helpers/backends.js';
 
 // Scale (issue 8, item 3): 200 containers ADDed to one bridge through libcni
 // (test/tools/cnitool), 16 in flight, then DELed the same way, for the
@@ -335,7 +335,7 @@ async function scale(s: Scenario, backend: TestBackend): Promise<void> {
   }
 }
 
-describe.each(BACKENDS)(`scale (%s): containers ${IN_FLIGHT} at a time, through libcni`, (backend) => {
+describe.each([...LONG_SUITE_BACKENDS])(`scale (%s): containers ${IN_FLIGHT} at a time, through libcni`, (backend) => {
   const nft = backend === 'nftables';
   beforeEach(() => {
     COUNT = COUNT_OF[backend];
