@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe, it, type ExpectStatic } from 'vitest';
 import { Sandbox, TEST_BIN } from '../helpers/sandbox.js';
 import { FP, isFailpoint, type Failpoint } from '../../lib/cni/failpoints.js';
 import { inNetns, MODE, modeEnv } from '../helpers/mode.js';
@@ -725,20 +725,29 @@ const LISTS: [string, ListOf, Backend, number][] = LONG_SUITE_BACKENDS.flatMap((
  */
 const TIMEOUT = sized(900_000, 7_200_000);
 
+/**
+ * Two containers that came and went (traced ADD, clean DEL): the host then
+ * has the network's bridge and shared chains. Returns the second ADD's
+ * passes: a container on this (no longer fresh) host.
+ */
+async function comeAndGo(rt: Runtime, expect: ExpectStatic): Promise<Pass[]> {
+  let passes: Pass[] = [];
+  for (const tag of ['w', 'p']) {
+    const c = await rt.container(tag);
+    const add = await rt.add(c, true);
+    expect(await rt.del(c, add.result)).toEqual([]);
+    await rt.removeContainer(c);
+    passes = add.passes;
+  }
+  return passes;
+}
+
 describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL and GC', () => {
   LISTS.forEach(([name, listOf, backend, n]) => {
     const sampled = sampledOf(backend);
     it(`${name}: ${FULL ? 'every failpoint' : `${sampled.alone} failpoints`} and ${TIMED_PER_MODE} timed kills, alone on the network`, async ({ expect }) => {
       const rt = new Runtime(sandbox('crash'), listOf);
-      // Containers that came and went: the host has the network's bridge and shared chains.
-      let passes: Pass[] = [];
-      for (const tag of ['w', 'p']) {
-        const c = await rt.container(tag);
-        const add = await rt.add(c, true);
-        expect(await rt.del(c, add.result)).toEqual([]);
-        await rt.removeContainer(c);
-        passes = add.passes; // the second's: a container on this (no longer fresh) host
-      }
+      const passes = await comeAndGo(rt, expect);
       expect(await rt.gc([])).toEqual([]);
       const points = [...sample(focus(backend, failpointsOf(passes)), sampled.alone, 1 + n), ...timedPoints(passes, TIMED_PER_MODE, mulberry32(KILL_SEED + n))];
       expect(report(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (alone)` }))).toBe('');
@@ -787,14 +796,7 @@ describe.concurrent('a plugin killed during ADD (or DEL) is cleaned up by DEL an
           return { ...list, plugins: list.plugins.filter((p) => !NO_GC.has(p.type)) };
         };
         const rt = new Runtime(sandbox('crashg'), gcAble);
-        let passes: Pass[] = [];
-        for (const tag of ['w', 'p']) {
-          const c = await rt.container(tag);
-          const add = await rt.add(c, true);
-          expect(await rt.del(c, add.result)).toEqual([]);
-          await rt.removeContainer(c);
-          passes = add.passes;
-        }
+        const passes = await comeAndGo(rt, expect);
         expect(await rt.gc([])).toEqual([]);
         const points = [...sample(focus(backend, failpointsOf(passes, (_, l) => !BEFORE_CHANGES.has(l))), sampled.gc, 31 + n), ...timedPoints(passes, TIMED_PER_MODE / 2, mulberry32(KILL_SEED + 20 + n))];
         outcomes.push(...(await runCases(rt, points, { neighbours: [], snap: {}, mode: `${name} (GC only)`, gcOnly: true })));
