@@ -27,11 +27,6 @@ const TOOLS: Record<Backend, string[]> = {
   nftables: ['nft'],
 };
 
-/** The tools a backend runs (for messages). */
-export function toolsOf(backend: Backend): string[] {
-  return TOOLS[backend];
-}
-
 /** The backend's tools are installed where we trust them (lib/exec's lookup, PATH and the system directories). */
 export function usable(backend: Backend): boolean {
   return TOOLS[backend].every((t) => which(t) !== undefined);
