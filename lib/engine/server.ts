@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import * as sea from 'node:sea';
 import { Worker } from 'node:worker_threads';
 import { openOwnFile, ownDir, writeOwnFile } from '../exec/safefs.js';
-import { loadAddon } from '../netlink/native.js';
+import { addonPathsForWorkers, loadAddon } from '../netlink/native.js';
 import { decodeRequest, encodeResponse, envMap, frameLength, MAX_REQUEST, ProtocolError, type Request, type Response } from './protocol.js';
 import type { Job, JobDone } from './worker.js';
 
@@ -129,20 +129,24 @@ interface Slot {
   idleSince: number;
 }
 
-function parseArgs(args: string[]): { dir: string; idle: number; workers: number } {
+const USAGE = 'usage: cni-ts engine --dir DIR [--idle SECONDS] [--workers N] [--worker-requests N]';
+
+function parseArgs(args: string[]): { dir: string; idle: number; workers: number; workerRequests: number } {
   let dir: string | undefined;
   let idle: number = DEFAULTS.idleSeconds;
   let workers: number = DEFAULTS.workers;
+  let workerRequests: number = DEFAULTS.requestsPerWorker;
   for (let i = 0; i < args.length; i += 2) {
     const v = args[i + 1];
     const n = Number(v);
     if (args[i] === '--dir' && v) dir = v;
     else if (args[i] === '--idle' && Number.isInteger(n) && n > 0) idle = n;
     else if (args[i] === '--workers' && Number.isInteger(n) && n > 0 && n <= 64) workers = n;
-    else throw new Error(`usage: cni-ts engine --dir DIR [--idle SECONDS] [--workers N] (at "${args[i]}")`);
+    else if (args[i] === '--worker-requests' && Number.isInteger(n) && n > 0) workerRequests = n;
+    else throw new Error(`${USAGE} (at "${args[i]}")`);
   }
-  if (!dir) throw new Error('usage: cni-ts engine --dir DIR [--idle SECONDS] [--workers N]');
-  return { dir, idle, workers };
+  if (!dir) throw new Error(USAGE);
+  return { dir, idle, workers, workerRequests };
 }
 
 /** The code a worker evaluates: the same bundle the binary runs, with its code cache. */
@@ -167,6 +171,7 @@ export async function engineMain(args: string[]): Promise<number> {
   const activated = process.env.LISTEN_PID === String(process.pid) && process.env.LISTEN_FDS === '1';
   const paths = activated ? { ...enginePaths(dir, 'activated'), socket: join(dir, 'engine.sock') } : enginePaths(dir);
   const sys = loadAddon<Sys>('sys');
+  const addons = addonPathsForWorkers(); // held here for good: see lib/netlink/native.ts
   let lockFd: number | undefined;
   if (!activated) {
     lockFd = openOwnFile(paths.lock, constants.O_RDWR | constants.O_CREAT);
@@ -262,7 +267,7 @@ export async function engineMain(args: string[]): Promise<number> {
   const spawnWorker = (): Slot => {
     // A small young generation: a call allocates little, and each worker's semi-spaces are resident memory.
     const worker = new Worker(WORKER_BOOT, {
-      eval: true, workerData: { cniTsEngineWorker: true }, stdout: true, stderr: true,
+      eval: true, workerData: { cniTsEngineWorker: true, cniTsAddons: addons }, stdout: true, stderr: true,
       resourceLimits: { maxYoungGenerationSizeMb: DEFAULTS.workerYoungMb },
     });
     const slot: Slot = { worker, served: 0, idleSince: Date.now() };
@@ -317,7 +322,7 @@ export async function engineMain(args: string[]): Promise<number> {
     }
     log.line(`${p.job.name} ${p.command} pid=${p.peer} ${containerOf(p)} ${(performance.now() - p.start).toFixed(1)}ms exit=${done.exit} code=${code}`);
     reply(p.socket, { status: 'done', exit: done.exit, stdout, stderr: Buffer.from(done.stderr) });
-    if (done.retire || slot.served >= DEFAULTS.requestsPerWorker) {
+    if (done.retire || slot.served >= opts.workerRequests) {
       if (done.retire) log.line(`worker retired: ${done.retire}`);
       const i = slots.indexOf(slot);
       if (i >= 0) slots.splice(i, 1);

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as sea from 'node:sea';
+import { isMainThread, workerData } from 'node:worker_threads';
 import { CniError, ErrorCode } from '../cni/errors.js';
 import { testHook } from '../cni/hooks.js';
 
@@ -30,16 +31,44 @@ import { testHook } from '../cni/hooks.js';
 declare const __NATIVE_HASHES__: Record<string, string> | undefined;
 
 export type AddonName = 'sys' | 'netlink';
+const ADDONS: AddonName[] = ['sys', 'netlink'];
 const cache = new Map<AddonName, unknown>();
+const paths = new Map<AddonName, string>();
 
 export function loadAddon<T>(name: AddonName): T {
   const hit = cache.get(name);
   if (hit) return hit as T;
-  const path = sea.isSea() ? installedAddon(name) : devPath(name);
+  const path = addonPath(name);
   const mod = { exports: {} as T };
   process.dlopen(mod, path);
   cache.set(name, mod.exports);
   return mod.exports;
+}
+
+/**
+ * Where `name` is loaded from. In the binary that is `/proc/self/fd/<n>`, and
+ * glibc knows a loaded library by that name alone: were the descriptor closed
+ * and its number reused for the other addon, a later dlopen of the same name
+ * would return the first library (the netlink binding would come back as
+ * `sys`). Node closes the descriptors a worker thread opened when the worker
+ * ends, so the engine's workers (which come and go) never open their own:
+ * the engine's main thread installs both addons once, keeps the descriptors
+ * for the life of the process, and hands the names to every worker
+ * (`workerData.cniTsAddons`, see {@link addonPathsForWorkers}).
+ */
+function addonPath(name: AddonName): string {
+  const known = paths.get(name);
+  if (known) return known;
+  const handed = isMainThread ? undefined : (workerData as { cniTsAddons?: Partial<Record<AddonName, string>> } | undefined)?.cniTsAddons?.[name];
+  const path = handed ?? (sea.isSea() ? installedAddon(name) : devPath(name));
+  paths.set(name, path);
+  return path;
+}
+
+/** For the engine's main thread: both addons installed now, their names for the workers it starts. */
+export function addonPathsForWorkers(): Record<AddonName, string> {
+  if (!isMainThread) throw new Error('addon descriptors are held by the main thread only');
+  return Object.fromEntries(ADDONS.map((n) => [n, addonPath(n)])) as Record<AddonName, string>;
 }
 
 function devPath(name: AddonName): string {

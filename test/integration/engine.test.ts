@@ -529,6 +529,42 @@ os.execve(exe, ['cni-ts', 'engine', '--dir', d, '--idle', '3'], {'PATH': '/usr/s
     }
   }, 240_000);
 
+  it('workers that come and go (one request each) load the native addons the engine holds: either addon first, never the other one', async () => {
+    // Node closes a worker's descriptors when it ends; a worker that opened its own addon
+    // descriptor would leave its number free, and glibc knows a loaded library by the name
+    // /proc/self/fd/<n>: the next worker's other addon at that number came back as the first.
+    const c = sb.container();
+    const engine = spawn('nsenter', [`--net=/run/netns/${sb.host}`, '--', join(TEST_BIN, 'cni-ts'), 'engine', '--dir', dirOf(TEST_BIN), '--workers', '1', '--worker-requests', '1', '--idle', '60'], { stdio: 'ignore', detached: true });
+    try {
+      await until('the engine', () => logText(TEST_BIN), (t) => / started: build \w+, 1 workers/.test(t), 30_000);
+      const env = (cmd: string, netns: string, ifname = 'eth0') => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: 'wr1', CNI_NETNS: netns, CNI_IFNAME: ifname });
+      const lo = { cniVersion: '1.0.0', name: 'wr', type: 'loopback' };
+      const steps: [string, Record<string, string>, unknown][] = [
+        ['bridge', env('DEL', ''), ipamConf()], // the netlink addon only (host side)
+        ['loopback', env('ADD', c.path, 'lo'), lo], // sys first (into the container), then netlink
+        ['bridge', env('ADD', c.path), ipamConf()],
+        ['bridge', env('DEL', c.path), ipamConf()],
+        ['bridge', env('DEL', ''), ipamConf()],
+        ['loopback', env('DEL', c.path, 'lo'), lo],
+      ];
+      for (const [plugin, e, conf] of steps) {
+        const r = await call(TEST_BIN, plugin, e, conf);
+        expect(r.code, `${plugin} ${e.CNI_COMMAND}: ${r.stdout}${r.stderr}`).toBe(0);
+      }
+      const served = logText(TEST_BIN).split('\n').filter((l) => / container=wr1 .* exit=0 /.test(l));
+      expect(served, 'every step served by the engine').toHaveLength(steps.length);
+      expect(alive(engine.pid!), 'the engine is still up').toBe(true);
+      expect(loUp(c.name)).toBe(false);
+      expect(hostLinks().filter((l) => l.startsWith('veth'))).toEqual([]);
+    } finally {
+      try {
+        process.kill(engine.pid!, 'SIGKILL');
+      } catch {
+        // exited
+      }
+    }
+  }, 120_000);
+
   it('SIGKILLed at a failpoint (test build): ADD answers code 11, the runtime\'s DEL then leaves the host as before', async () => {
     const c = sb.container();
     await warm(TEST_BIN);
