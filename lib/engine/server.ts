@@ -255,9 +255,26 @@ export async function engineMain(args: string[]): Promise<number> {
       const idleFor = slots.length > 1 ? DEFAULTS.workerIdleMs : DEFAULTS.lastWorkerIdleMs;
       if (slot.busy || Date.now() - slot.idleSince < idleFor) continue;
       slots.splice(slots.indexOf(slot), 1);
-      void slot.worker.terminate();
+      endWorker(slot);
     }
   }, 1000).unref();
+
+  /**
+   * Ends a worker by letting its event loop run dry (it closes its port), not
+   * by terminate(): a forced stop can land while the netlink binding is about
+   * to call into JavaScript, and the binding answers the refused call with a
+   * C++ exception no one catches, which aborts the whole engine. terminate()
+   * only for a worker that has not ended 5 s later (something keeps it busy).
+   */
+  const endWorker = (slot: Slot) => {
+    slot.worker.postMessage({ stop: true });
+    const t = setTimeout(() => {
+      log.line('worker did not end by itself: terminated');
+      void slot.worker.terminate();
+    }, 5000);
+    t.unref();
+    slot.worker.once('exit', () => clearTimeout(t));
+  };
 
   const reply = (socket: Socket, r: Response) => {
     if (socket.destroyed) return;
@@ -326,7 +343,7 @@ export async function engineMain(args: string[]): Promise<number> {
       if (done.retire) log.line(`worker retired: ${done.retire}`);
       const i = slots.indexOf(slot);
       if (i >= 0) slots.splice(i, 1);
-      void slot.worker.terminate();
+      endWorker(slot);
     }
     complete(p);
     dispatch();

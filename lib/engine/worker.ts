@@ -47,8 +47,10 @@ export function workerMain(runPlugin: RunPlugin): void {
     }
   })();
   const realWrite = process.stderr.write.bind(process.stderr);
-  port.on('message', (job: Job) => {
-    void serve(job);
+  port.on('message', (job: Job | { stop: true }) => {
+    // Told to stop (lib/engine/server.ts endWorker): no more requests; the thread ends when its loop is empty.
+    if ('stop' in job) port.close();
+    else void serve(job);
   });
 
   async function serve(job: Job): Promise<void> {
@@ -81,6 +83,6 @@ export function workerMain(runPlugin: RunPlugin): void {
     if (!retire && process.memoryUsage().heapUsed > HEAP_LIMIT) retire = 'heap over its limit';
     const done: JobDone = { id: job.id, exit, stdout: Buffer.from(out.join(''), 'utf8'), stderr: Buffer.from(err.join(''), 'utf8'), retire };
     port!.postMessage(done);
-    if (retire) process.exit(0);
+    if (retire) port!.close(); // serves no more; the engine ends it (endWorker)
   }
 }

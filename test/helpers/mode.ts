@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, realpathSync, statSync, unlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
 /**
@@ -219,10 +219,12 @@ export function stopEngines(ns?: string, opts: StopOptions = {}): void {
 }
 
 /**
- * The pid file and socket of engines of network namespace `net` (and mount
- * namespace `mnt`, or any) that died without removing them (SIGKILLed: a
- * failpoint, a client's timeout), so that a later namespace given the same
- * inode number does not find them. Only for a test's own namespace.
+ * The files of engines of network namespace `net` (and mount namespace
+ * `mnt`, or any) that are not running any more: the pid file and socket of
+ * one that died without removing them (SIGKILLed: a failpoint, a client's
+ * timeout), and the lock and log every engine leaves, so that a later
+ * namespace given the same inode number finds none of them and a test run
+ * leaves nothing in the engine directories. Only for a test's own namespace.
  */
 function removeStale(net: number, mnt: number | undefined): void {
   for (const dir of ENGINE_DIRS) {
@@ -233,17 +235,16 @@ function removeStale(net: number, mnt: number | undefined): void {
       continue;
     }
     const prefix = mnt === undefined ? `engine-${net}-` : `engine-${net}-${mnt}.`;
-    for (const name of names) {
-      if (!name.startsWith(prefix) || !name.endsWith('.pid')) continue;
-      const file = join(dir, name);
+    const engines = new Set(names.filter((n) => n.startsWith(prefix)).map((n) => n.replace(/\.(pid|sock|lock|log|log\.1)$/, '')));
+    for (const base of engines) {
+      const file = join(dir, base);
       try {
-        const pid = Number(readFileSync(file, 'utf8').trim());
+        const pid = Number(readFileSync(`${file}.pid`, 'utf8').trim());
         if (alive(pid) && isEngine(pid)) continue;
-        unlinkSync(file);
-        unlinkSync(file.replace(/\.pid$/, '.sock'));
       } catch {
-        // gone meanwhile
+        // no pid file: no engine runs
       }
+      for (const ext of ['pid', 'sock', 'lock', 'log', 'log.1']) rmSync(`${file}.${ext}`, { force: true });
     }
   }
 }

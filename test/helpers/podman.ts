@@ -247,8 +247,8 @@ export interface IptablesAdded {
  * This test's iptables state now, beyond `before`: new rules it owns (see
  * Owned), its per-container chains, and the new CNI-* chains nobody else
  * uses (the shared chains its plugins created: CNI-FORWARD, CNI-HOSTPORT-*
- * …, as long as they hold nothing but this test's rules and jumps to each
- * other) with the new rules that jump to them. Exactly what
+ * …, as long as they jump to no chain that stays: their MASQUERADE and
+ * MARK rules go with them) with the new rules that jump to them. Exactly what
  * iptablesRestore() removes; empty when the machine holds nothing of the test.
  */
 export function iptablesAdded(before: IptablesState, owned: Owned): IptablesAdded {
@@ -262,12 +262,16 @@ export function iptablesAdded(before: IptablesState, owned: Owned): IptablesAdde
       const fresh = t.rules.filter((r) => !o.rules.includes(r));
       const ours = new Set(fresh.filter((r) => isOwnedRule(r, owned, perContainer)));
       const left = t.rules.filter((r) => !ours.has(r));
-      // Chains that can go: ours by name, and new CNI-* chains holding nothing but jumps to other such chains.
+      // Chains that can go: ours by name, and new CNI-* chains that jump to no chain that stays.
       const removable = new Set(t.chains.filter((c) => perContainer.has(c) || (c.startsWith('CNI-') && !o.chains.includes(c))));
       for (let changed = true; changed; ) {
         changed = false;
         for (const c of removable) {
-          const foreign = left.some((r) => r.split(' ')[1] === c && !removable.has(/ -[jg] (\S+)/.exec(r)?.[1] ?? ''))
+          // A rule of c that jumps to a chain that stays (a built-in target, MASQUERADE or MARK, is no chain).
+          const foreign = left.some((r) => {
+            const target = / -[jg] (\S+)/.exec(r)?.[1] ?? '';
+            return r.split(' ')[1] === c && t.chains.includes(target) && !removable.has(target);
+          })
             || left.some((r) => !fresh.includes(r) && removable.has(/ -[jg] (\S+)/.exec(r)?.[1] ?? '') && / -[jg] (\S+)/.exec(r)?.[1] === c);
           if (foreign) {
             removable.delete(c);
