@@ -10,7 +10,10 @@
  *  - execve(2), raw: the binary re-executes itself without NODE_* variables
  *    (src/loader.ts) with none of Node's exit hooks running first;
  *  - getsockopt(SO_PEERCRED): who is on the other end of an engine
- *    connection (lib/engine/server.ts); Node does not say.
+ *    connection (lib/engine/server.ts); Node does not say;
+ *  - the TUN/TAP ioctls: the kernel creates a TAP device only through
+ *    /dev/net/tun (TUNSETIFF, then TUNSETOWNER/TUNSETGROUP/TUNSETPERSIST);
+ *    rtnetlink refuses to (lib/netlink/tap.ts). Deleting one is netlink's.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +24,11 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -29,7 +37,8 @@
 
 static napi_value throw_errno(napi_env env, int err) {
   napi_value msg, code, error;
-  const char *name = err == EINVAL ? "EINVAL" : err == EPERM ? "EPERM" : err == EBADF ? "EBADF" : "ESYSCALL";
+  const char *name = err == EINVAL ? "EINVAL" : err == EPERM ? "EPERM" : err == EBADF ? "EBADF" : err == EBUSY ? "EBUSY"
+    : err == EEXIST ? "EEXIST" : err == ENODEV ? "ENODEV" : err == ENOENT ? "ENOENT" : err == EACCES ? "EACCES" : "ESYSCALL";
   napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &msg);
   napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
   napi_create_error(env, code, msg, &error);
@@ -244,6 +253,57 @@ static napi_value js_peercred(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* tapCreate(name: string, multiQueue: boolean, owner: number, group: number): string —
+ * a persistent TAP device (no packet information header) in the calling
+ * thread's network namespace, owned by `owner` and `group` (-1: not set, so
+ * only CAP_NET_ADMIN may attach), named `name` (the kernel's pattern when it
+ * holds "%d"); returns the name the kernel gave it. The device node is checked
+ * to be the real TUN/TAP character device (10, 200) before it is used.
+ * A device of that name already there fails (EBUSY, or EINVAL for another
+ * kind): this never takes over someone else's TAP. */
+static napi_value js_tap_create(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out;
+  char name[IFNAMSIZ + 1];
+  size_t len = 0;
+  bool multi = false;
+  int64_t owner = -1, group = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 ||
+      napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len) != napi_ok || len == 0 || len >= IFNAMSIZ ||
+      napi_get_value_bool(env, argv[1], &multi) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &owner) != napi_ok || napi_get_value_int64(env, argv[3], &group) != napi_ok ||
+      owner < -1 || owner > 0xfffffffeLL || group < -1 || group > 0xfffffffeLL) {
+    napi_throw_type_error(env, NULL, "tapCreate(name, multiQueue, owner, group) needs a name under 16 bytes, a boolean and two ids (-1: none)");
+    return NULL;
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return throw_errno(env, errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 200) {
+    close(fd);
+    return throw_errno(env, ENODEV);
+  }
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  /* IFF_TUN_EXCL: a device of that name already there is EBUSY, never adopted. */
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL | (multi ? IFF_MULTI_QUEUE : 0);
+  memcpy(ifr.ifr_name, name, len);
+  int err = 0;
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) err = errno;
+  else if (owner >= 0 && ioctl(fd, TUNSETOWNER, (unsigned long)owner) != 0) err = errno;
+  else if (group >= 0 && ioctl(fd, TUNSETGROUP, (unsigned long)group) != 0) err = errno;
+  else if (ioctl(fd, TUNSETPERSIST, 1UL) != 0) err = errno;
+  /* On a failure the device is not persistent yet: closing removes what this call made. */
+  if (err) {
+    close(fd);
+    return throw_errno(env, err);
+  }
+  close(fd);
+  ifr.ifr_name[IFNAMSIZ - 1] = 0;
+  napi_create_string_utf8(env, ifr.ifr_name, NAPI_AUTO_LENGTH, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "setns", NAPI_AUTO_LENGTH, js_setns, NULL, &fn);
@@ -254,6 +314,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "execve", fn);
   napi_create_function(env, "peercred", NAPI_AUTO_LENGTH, js_peercred, NULL, &fn);
   napi_set_named_property(env, exports, "peercred", fn);
+  napi_create_function(env, "tapCreate", NAPI_AUTO_LENGTH, js_tap_create, NULL, &fn);
+  napi_set_named_property(env, exports, "tapCreate", fn);
   return exports;
 }
 

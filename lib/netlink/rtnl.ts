@@ -48,6 +48,42 @@ export interface LinkInfo {
   peerIndex?: number;
   /** IFLA_IFALIAS, free text (`ip link set … alias`); bandwidth records an ifb's owner in it. */
   alias?: string;
+  /** For a TUN/TAP device (kind `tun`): what the kernel reports of it (IFLA_TUN_*). */
+  tun?: TunInfo;
+}
+
+export interface TunInfo {
+  tap: boolean;
+  /** Unset: only CAP_NET_ADMIN may attach. */
+  owner?: number;
+  group?: number;
+  multiQueue: boolean;
+  persist: boolean;
+  vnetHdr: boolean;
+}
+
+// IFLA_TUN_* (linux/if_link.h)
+const IFLA_TUN_OWNER = 1;
+const IFLA_TUN_GROUP = 2;
+const IFLA_TUN_TYPE = 3;
+const IFLA_TUN_VNET_HDR = 5;
+const IFLA_TUN_PERSIST = 6;
+const IFLA_TUN_MULTI_QUEUE = 7;
+const IFF_TAP = 2;
+
+function tunInfo(data: Buffer | undefined): TunInfo | undefined {
+  if (!data) return undefined;
+  const a = parseAttrs(data);
+  const u8of = (t: number) => a.get(t)?.readUInt8(0) ?? 0;
+  const u32of = (t: number) => { const b = a.get(t); return b && b.length >= 4 ? b.readUInt32LE(0) : undefined; };
+  return {
+    tap: u8of(IFLA_TUN_TYPE) === IFF_TAP,
+    ...(u32of(IFLA_TUN_OWNER) !== undefined ? { owner: u32of(IFLA_TUN_OWNER) } : {}),
+    ...(u32of(IFLA_TUN_GROUP) !== undefined ? { group: u32of(IFLA_TUN_GROUP) } : {}),
+    multiQueue: u8of(IFLA_TUN_MULTI_QUEUE) === 1,
+    persist: u8of(IFLA_TUN_PERSIST) === 1,
+    vnetHdr: u8of(IFLA_TUN_VNET_HDR) === 1,
+  };
 }
 
 export interface AddressInfo {
@@ -127,6 +163,8 @@ export class Rtnl {
   private static toLink(m: rt.LinkMessage): LinkInfo {
     const info = m.attrs.linkinfo ? parseAttrs(m.attrs.linkinfo) : undefined;
     const kindBuf = info?.get(IFLA_INFO_KIND);
+    const kind = kindBuf ? kindBuf.toString('utf8').replace(/\0+$/, '') : undefined;
+    const tun = kind === 'tun' ? tunInfo(info?.get(IFLA_INFO_DATA)) : undefined;
     return {
       index: m.data.index ?? 0,
       name: m.attrs.ifname ?? '',
@@ -137,9 +175,10 @@ export class Rtnl {
       allmulti: Boolean(m.data.flags?.allmulti),
       txqlen: m.attrs.txqlen ?? 0,
       master: m.attrs.master,
-      kind: kindBuf ? kindBuf.toString('utf8').replace(/\0+$/, '') : undefined,
+      kind,
       peerIndex: m.attrs.link && m.attrs.link.length >= 4 ? m.attrs.link.readUInt32LE(0) : undefined,
       ...(m.attrs.ifalias ? { alias: m.attrs.ifalias.replace(/\0+$/, '') } : {}),
+      ...(tun ? { tun } : {}),
     };
   }
 
