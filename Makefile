@@ -8,7 +8,7 @@ TEST_BIN := .build/test-bin/cni-ts
 # The plugin names: plugins/registry.json, read through scripts/registry.mjs (as the build and
 # the benchmarks read it). `=`: read only by the targets that use it.
 PLUGINS = $(shell node scripts/registry.mjs)
-SOURCES := $(shell find src lib plugins native -type f 2>/dev/null) scripts/build.mjs scripts/registry.mjs package-lock.json
+SOURCES := $(shell find src lib plugins native manager -type f 2>/dev/null) scripts/build.mjs scripts/registry.mjs package-lock.json
 CNITOOL := test/tools/cnitool/cnitool
 
 .PHONY: all build test-build deps test test-full unit integration bench install demo typecheck clean

@@ -20,6 +20,10 @@ commands:
                                    a failed collection is logged and retried with backoff; stops on SIGTERM
   traffic-off                      remove the monitor's system chains (AOS_SYSTEM_IN/OUT and their jumps);
                                    instance chains stay with traffic-accounting until their DEL
+  networks                         the network registry: every network of --conf-dir and of the caches, its
+                                   attachments (container, ifname, MAC, host device, IPs); networks nobody
+                                   uses are marked NO-USERS, ones known only from caches CACHE-ONLY
+                                   (docs/registry.md); unreadable or untrusted cache files: a warning on stderr
 
 options:
   --netns PATH       the instance's network namespace (default /run/netns/<instance-id>)
@@ -36,6 +40,9 @@ options:
                      traffic-accounting backend); instances are read where they were added
   --interval SEC     serve: seconds between collections (default 60)
   --metrics-port N   serve: Prometheus text metrics on 127.0.0.1:N (a port in use: exit 1 at once)
+  --json             networks: print JSON (docs/registry.md) instead of the tables
+  --conf-dir DIR     networks: network configurations (default /etc/cni/net.d)
+  --libcni-cache-dir DIR  networks: libcni's cache, containerd's and podman's (default /var/lib/cni)
   --help             this text
 
 exit status: 0 success, 1 failure (the reason on stderr)
@@ -55,6 +62,10 @@ export async function managerMain(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return 0;
     }
+    if (a === '--json') {
+      opts.json = 'true'; // the one flag without a value
+      continue;
+    }
     if (a.startsWith('--')) {
       const v = argv[++i];
       // "--db --period day": the next option is no value (it would become a file named --period).
@@ -68,6 +79,22 @@ export async function managerMain(argv: string[]): Promise<number> {
     try {
       const { removeSystemChains } = await import('./traffic.js');
       await removeSystemChains();
+      return 0;
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+  }
+  if (command === 'networks') {
+    if (conflist) return fail(`networks takes no arguments\n\n${USAGE}`);
+    try {
+      const { formatRegistry, loadRegistry } = await import('./registry.js');
+      const reg = loadRegistry({
+        confDir: opts['conf-dir'] ?? '/etc/cni/net.d',
+        cacheDir: opts['cache-dir'] ?? '/var/lib/cni',
+        libcniCacheDir: opts['libcni-cache-dir'] ?? '/var/lib/cni',
+      });
+      for (const w of reg.warnings) process.stderr.write(`cni-manager: warning: ${w}\n`);
+      writeSync(1, opts.json ? `${JSON.stringify(reg, null, 2)}\n` : formatRegistry(reg));
       return 0;
     } catch (err) {
       return fail((err as Error).message);

@@ -255,9 +255,9 @@ static napi_value js_peercred(napi_env env, napi_callback_info info) {
 
 /* tapCreate(name: string, multiQueue: boolean, owner: number, group: number): string —
  * a persistent TAP device (no packet information header) in the calling
- * thread's network namespace, owned by `owner` and `group` (-1: not set, so
- * only CAP_NET_ADMIN may attach), named `name` (the kernel's pattern when it
- * holds "%d"); returns the name the kernel gave it. The device node is checked
+ * thread's network namespace, owned by `owner` and `group` (-1: not set; the
+ * kernel checks only what is set, so with neither anyone may attach), named
+ * `name` (the kernel's pattern when it holds "%d"); returns the name the kernel gave it. The device node is checked
  * to be the real TUN/TAP character device (10, 200) before it is used.
  * A device of that name already there fails (EBUSY, or EINVAL for another
  * kind): this never takes over someone else's TAP. */

@@ -79,7 +79,7 @@ await esbuild.build({
 // The shipped bundle must not read a test hook: testHook() (lib/cni/hooks.ts)
 // folds to `undefined` there (esbuild inlines it away), and no hook may be
 // read around it.
-const HOOKS = ['CNI_TS_KILL_AT', 'CNI_TS_TUNING_ALLOWLIST', 'CNI_TS_NATIVE_DIR', 'CNI_TS_IPTABLES', 'CNI_TS_WARMUP'];
+const HOOKS = ['CNI_TS_KILL_AT', 'CNI_TS_TUNING_ALLOWLIST', 'CNI_TS_NATIVE_DIR', 'CNI_TS_IPTABLES', 'CNI_TS_WARMUP', 'CNI_TS_WIRE_CAPTURE'];
 function checkNoHooks(file) {
   const text = readFileSync(file, 'utf8');
   const left = HOOKS.filter((h) => new RegExp(`env\\s*(\\.\\s*${h}\\b|\\[\\s*["'\`]${h})`).test(text));

@@ -23,6 +23,9 @@ const LOADERS: Record<string, Load> = {
   'aos-firewall': async () => (await import('../plugins/aos-firewall/index.js')).default as unknown as Plugin<BaseNetConf>,
   tuning: async () => (await import('../plugins/tuning/index.js')).default as unknown as Plugin<BaseNetConf>,
   loopback: async () => (await import('../plugins/loopback/index.js')).default as unknown as Plugin<BaseNetConf>,
+  tap: async () => (await import('../plugins/tap/index.js')).default as unknown as Plugin<BaseNetConf>,
+  'tc-redirect-tap': async () => (await import('../plugins/tc-redirect-tap/index.js')).default as unknown as Plugin<BaseNetConf>,
+  vlan: async () => (await import('../plugins/vlan/index.js')).default as unknown as Plugin<BaseNetConf>,
 };
 
 /** The registered plugin names (plugins/registry.json), in its order. */

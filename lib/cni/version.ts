@@ -15,7 +15,8 @@ const from = (oldest: CniVersion): readonly CniVersion[] => SUPPORTED_VERSIONS.s
  * Plugins that declare fewer versions. bandwidth and firewall as their
  * reference binaries do (`VERSION` of Debian's 1.1.1: bandwidth from 0.3.0,
  * firewall from 0.4.0); aos-firewall and traffic-accounting have no reference
- * and only work chained, which 0.1.0/0.2.0 cannot express. Every other plugin
+ * and only work chained, which 0.1.0/0.2.0 cannot express; nor does
+ * tc-redirect-tap (it redirects an interface a previous plugin made). Every other plugin
  * (and the reference's bridge, host-local, portmap, tuning, loopback,
  * dnsname) speaks all of SUPPORTED_VERSIONS.
  */
@@ -24,6 +25,7 @@ const PLUGIN_VERSIONS: ReadonlyMap<string, readonly CniVersion[]> = new Map([
   ['firewall', from('0.4.0')],
   ['aos-firewall', from('0.3.0')],
   ['traffic-accounting', from('0.3.0')],
+  ['tc-redirect-tap', from('0.3.0')],
 ]);
 
 /** The versions a plugin (by its invoked name) declares; all of them when the name is not known. */

@@ -15,9 +15,13 @@ import type { Netns } from './ns.js';
 export interface TapSpec {
   name: string;
   multiQueue?: boolean;
-  /** uid allowed to attach (open) the TAP without CAP_NET_ADMIN. */
+  /**
+   * uid allowed to attach (open) the TAP. The kernel checks only what is set:
+   * with neither owner nor group anyone who can open /dev/net/tun may attach;
+   * with both, both must match; CAP_NET_ADMIN always may.
+   */
   owner?: number;
-  /** gid allowed to attach the TAP without CAP_NET_ADMIN. */
+  /** gid allowed to attach the TAP (see owner). */
   group?: number;
 }
 

@@ -100,17 +100,30 @@ export function decodeTbf(options: Buffer): TbfParams {
 const prob = (percent: number) => Math.round((percent / 100) * 0xffffffff) >>> 0;
 const percentOf = (p: number) => Math.round((p / 0xffffffff) * 100 * 1000) / 1000;
 
+/**
+ * tc_netem_qopt, then attributes. Delay and jitter go in the struct as
+ * 64 ns ticks, as `tc qdisc add … netem delay D J` sends them (iproute2
+ * sends no TCA_NETEM_LATENCY64/JITTER64; test/integration/netlink-wire.test.ts
+ * compares the bytes). The 64-bit attribute, which the kernel prefers, is
+ * added only for a value the ticks cannot carry exactly (not a multiple of
+ * 64 ns, or above 2^32-1 ticks, ~275 s), where the kernel would otherwise
+ * read a different delay than configured.
+ */
 export function encodeNetem(p: NetemParams): Buffer {
   const delayNs = BigInt(Math.round(p.delayMs * 1e6));
   const jitterNs = BigInt(Math.round(p.jitterMs * 1e6));
+  const ticks = (ns: bigint) => Number(ns / NS_PER_TICK > 0xffffffffn ? 0xffffffffn : ns / NS_PER_TICK);
+  const exact = (ns: bigint) => ns % NS_PER_TICK === 0n && ns / NS_PER_TICK <= 0xffffffffn;
   const qopt = Buffer.alloc(24);
-  qopt.writeUInt32LE(Number(delayNs / NS_PER_TICK) >>> 0, 0);
+  qopt.writeUInt32LE(ticks(delayNs), 0);
   qopt.writeUInt32LE(p.limit, 4);
   qopt.writeUInt32LE(prob(p.loss), 8);
   qopt.writeUInt32LE(p.reorder > 0 ? 1 : 0, 12); // gap: reorder needs one
   qopt.writeUInt32LE(prob(p.duplicate), 16);
-  qopt.writeUInt32LE(Number(jitterNs / NS_PER_TICK) >>> 0, 20);
-  const extra = [attr(TCA_NETEM_LATENCY64, u64buf(delayNs)), attr(TCA_NETEM_JITTER64, u64buf(jitterNs))];
+  qopt.writeUInt32LE(ticks(jitterNs), 20);
+  const extra: Buffer[] = [];
+  if (!exact(delayNs)) extra.push(attr(TCA_NETEM_LATENCY64, u64buf(delayNs)));
+  if (!exact(jitterNs)) extra.push(attr(TCA_NETEM_JITTER64, u64buf(jitterNs)));
   if (p.reorder > 0) extra.push(attr(TCA_NETEM_REORDER, Buffer.concat([u32buf(prob(p.reorder)), u32buf(0)])));
   // netem's options are its struct followed by attributes, not a plain nest.
   return Buffer.concat([qopt, ...extra]);

@@ -3,6 +3,24 @@ import { netConf, obj } from '../../lib/cni/schema.js';
 import { backendName } from '../../lib/pf/backend.js';
 
 const vlanId = z.number().int().min(0).max(4094);
+// A uid/gid as TUNSETOWNER/TUNSETGROUP take it; 4294967295 is (uid_t)-1, the kernel's "nobody set", which it refuses.
+const id32 = z.number().int().min(0).max(4294967294);
+
+/**
+ * Host-TAP mode (docs/microvm.md): the port is a TAP in the plugin's own
+ * namespace for a VM on this host, instead of a veth into CNI_NETNS.
+ */
+export const tapConfig = obj({
+  name: z
+    .string()
+    .regex(/^[^/:%\s]+$/, 'not a valid interface name')
+    .refine((s) => Buffer.byteLength(s) >= 1 && Buffer.byteLength(s) <= 15 && s !== '.' && s !== '..', 'not a valid interface name (1 to 15 bytes, not . or ..)')
+    .optional(),
+  owner: id32.optional(),
+  group: id32.optional(),
+  multiQueue: z.boolean().default(false),
+});
+export type TapConfig = z.output<typeof tapConfig>;
 
 export const bridgeConfig = netConf({
   // No '%': the kernel would take it as a name template ("br%d") and create another name.
@@ -27,6 +45,7 @@ export const bridgeConfig = netConf({
   enabledad: z.boolean().default(false),
   macspoofchk: z.boolean().default(false),
   disableContainerInterface: z.boolean().default(false),
+  tap: tapConfig.optional(),
   // Loosely typed here: the IPAM plugin validates its own section. No section,
   // or one without a type, means a layer-2 attachment (the reference reads it so).
   ipam: z.object({ type: z.string().optional() }).passthrough().optional(),

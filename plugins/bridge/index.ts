@@ -15,28 +15,30 @@ import { FP, trace } from '../../lib/cni/trace.js';
 
 /**
  * bridge: a Linux bridge on the host, a veth pair per container with its
- * host end enslaved to the bridge, addresses from the IPAM plugin.
+ * host end enslaved to the bridge, addresses from the IPAM plugin. With
+ * `tap` set, the port is a TAP on the host for a microVM instead
+ * (./tap-port.ts, docs/microvm.md); the rest of the bridge is the same.
  */
-type Ctx = PluginContext<BridgeConfig>;
+export type Ctx = PluginContext<BridgeConfig>;
 
-const kernel = (what: string, err: unknown) =>
+export const kernel = (what: string, err: unknown) =>
   err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 /** The IPAM plugin's type; none (no "ipam", or an empty type, as the reference reads it) means layer 2 only. */
-function ipamType(ctx: Ctx): string | undefined {
+export function ipamType(ctx: Ctx): string | undefined {
   return ctx.config.ipam?.type || undefined;
 }
 
-function requestedMac(ctx: Ctx): string | undefined {
+export function requestedMac(ctx: Ctx): string | undefined {
   return ctx.config.runtimeConfig?.mac ?? ctx.config.args?.cni?.mac ?? ctx.args.get('MAC');
 }
 
 /** bridge's ipMasqBackend, as the reference chooses it: iptables unless only nft is there. */
-const masqBackend = (cfg: BridgeConfig) => chooseBackend(cfg.ipMasqBackend, 'iptables', 'bridge ipMasqBackend');
-const masqOwner = (ctx: Ctx): MasqOwner => ({ network: ctx.config.name, containerId: ctx.env.containerId, ifname: ctx.env.ifname });
+export const masqBackend = (cfg: BridgeConfig) => chooseBackend(cfg.ipMasqBackend, 'iptables', 'bridge ipMasqBackend');
+export const masqOwner = (ctx: Ctx): MasqOwner => ({ network: ctx.config.name, containerId: ctx.env.containerId, ifname: ctx.env.ifname });
 
 /** Families the network's addresses may be in, for teardown without a result. */
-function familiesOf(ctx: Ctx): (4 | 6)[] {
+export function familiesOf(ctx: Ctx): (4 | 6)[] {
   const fams = new Set<4 | 6>();
   for (const ip of ctx.prevResult?.ips ?? []) fams.add(ip.address.includes(':') ? 6 : 4);
   const ipam = ctx.config.ipam as Record<string, unknown> | undefined;
@@ -46,7 +48,8 @@ function familiesOf(ctx: Ctx): (4 | 6)[] {
   return [...fams];
 }
 
-async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolean): Promise<LinkInfo> {
+/** The bridge, created (and pinned, up) if missing; `created`: this call made it. */
+export async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolean): Promise<LinkInfo & { created: boolean }> {
   let br = await host.linkByName(cfg.bridge);
   let created = false;
   if (!br) {
@@ -69,7 +72,7 @@ async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering: boolea
   if (created) await host.setMac(br.index, br.mac);
   if (cfg.promiscMode && !br.promisc) await host.setPromisc(br.index, true);
   if (!br.up) await host.setUp(br.index);
-  return br;
+  return { ...br, created };
 }
 
 async function createVeth(host: Rtnl, cont: Rtnl, netns: Netns, ifname: string, mtu: number, mac: string | undefined, hostFd: number): Promise<{ hostName: string }> {
@@ -89,7 +92,7 @@ async function createVeth(host: Rtnl, cont: Rtnl, netns: Netns, ifname: string, 
   throw new CniError(ErrorCode.KernelRefused, 'could not find a free host veth name');
 }
 
-async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, force: boolean): Promise<void> {
+export async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, force: boolean): Promise<void> {
   const want = parseCidr(gwCidr);
   const existing = await host.addresses(br.index, want.family);
   for (const a of existing) {
@@ -112,14 +115,14 @@ async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: string, fo
   }
 }
 
-async function add(ctx: Ctx): Promise<Result> {
+/** ADD's checks of the configuration, before anything is made (both port types). */
+export function validateAdd(ctx: Ctx): { trunk: number[]; vlanFiltering: boolean } {
   const cfg = ctx.config;
   // The reference refuses the pair: with the bridge promiscuous, a hairpinned
   // port gets its own frames back flooded as well.
   if (cfg.hairpinMode && cfg.promiscMode) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set hairpin mode and promiscuous mode at the same time.');
   }
-  const isGateway = cfg.isGateway || cfg.isDefaultGateway;
   let trunk: number[];
   try {
     trunk = trunkIds(cfg);
@@ -127,14 +130,71 @@ async function add(ctx: Ctx): Promise<Result> {
     throw new CniError(ErrorCode.InvalidNetworkConfig, (err as Error).message);
   }
   if (cfg.vlan && trunk.length) throw new CniError(ErrorCode.InvalidNetworkConfig, 'cannot set vlan and vlanTrunk at the same time');
-  const vlanFiltering = cfg.vlan !== 0 || trunk.length > 0;
-  const type = ipamType(ctx);
   // A layer-2 attachment has no address, and results before 0.3.0 are made of
   // addresses (ip4/ip6): refuse before creating anything (the reference
   // fails the same way, but only after attaching the container, and leaves it).
-  if (!type && compareVersions(ctx.cniVersion, '0.3.0') < 0) {
+  if (!ipamType(ctx) && compareVersions(ctx.cniVersion, '0.3.0') < 0) {
     throw new CniError(ErrorCode.IncompatibleVersion, 'cannot convert: no valid IP addresses', `a bridge without "ipam" has no address to report in a cniVersion ${ctx.cniVersion} result`);
   }
+  return { trunk, vlanFiltering: cfg.vlan !== 0 || trunk.length > 0 };
+}
+
+/**
+ * Makes `port` (a host veth end, or a VM's TAP) a port of the bridge: master,
+ * hairpin, VLANs, up. The same for both port types.
+ */
+export async function attachPort(host: Rtnl, port: LinkInfo, br: LinkInfo, cfg: BridgeConfig, trunk: number[], vlanFiltering: boolean): Promise<void> {
+  try {
+    await host.setMaster(port.index, br.index);
+    if (cfg.hairpinMode) await host.setHairpin(port.index, true);
+    // As the reference: unless told to keep it, the port leaves the default VLAN 1 its joining gave it
+    // (a kernel without VLAN filtering has none; one that lost it already answers ENOENT).
+    if (vlanFiltering && !cfg.preserveDefaultVlan) {
+      await host.bridgeVlanDel(port.index, 1).catch((e) => {
+        if (errnoOf(e) !== 'ENOENT') throw e;
+      });
+    }
+    if (cfg.vlan) await host.bridgeVlanAdd(port.index, cfg.vlan, { pvid: true, untagged: true });
+    for (const id of trunk) await host.bridgeVlanAdd(port.index, id);
+    // A trunk without a vlan keeps VLAN 1 as its native (untagged) VLAN, as the reference does.
+    if (!cfg.vlan && trunk.length) await host.bridgeVlanAdd(port.index, 1, { pvid: true, untagged: true });
+    await host.setUp(port.index);
+  } catch (err) {
+    throw kernel(`failed to attach ${port.name} to ${cfg.bridge}`, err);
+  }
+}
+
+/** isDefaultGateway: a default route per family through the IPAM gateway (the reference's rule). */
+export function addDefaultRoutes(result: Result): void {
+  for (const fam of new Set(result.ips.map((ip) => (ip.address.includes(':') ? 6 : 4)))) {
+    const dst = fam === 4 ? '0.0.0.0/0' : '::/0';
+    const gw = result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
+    const existing = result.routes.find((r) => canonicalNetwork(r.dst) === dst);
+    if (existing && existing.gw && gw && canonicalIP(existing.gw) !== canonicalIP(gw)) {
+      throw new CniError(ErrorCode.InvalidNetworkConfig, `isDefaultGateway ineffective because IPAM sets default route via ${existing.gw}`);
+    }
+    if (existing) existing.gw ??= gw;
+    else if (gw) result.routes.push({ dst, gw });
+  }
+}
+
+/** isGateway: the gateway addresses on the bridge, forwarding on. */
+export async function configureGateway(host: Rtnl, br: LinkInfo, result: Result, force: boolean): Promise<void> {
+  for (const ip of result.ips) {
+    if (!ip.gateway) continue;
+    const prefix = parseCidr(ip.address).prefix;
+    await ensureGatewayAddress(host, br, `${ip.gateway}/${prefix}`, force);
+  }
+  if (hasV4(result)) writeSysctl(['net', 'ipv4', 'ip_forward'], '1');
+  if (result.ips.some((ip) => ip.address.includes(':'))) writeSysctl(['net', 'ipv6', 'conf', 'all', 'forwarding'], '1');
+}
+
+async function add(ctx: Ctx): Promise<Result> {
+  const cfg = ctx.config;
+  if (cfg.tap) return (await import('./tap-port.js')).addTap(ctx);
+  const { trunk, vlanFiltering } = validateAdd(ctx);
+  const isGateway = cfg.isGateway || cfg.isDefaultGateway;
+  const type = ipamType(ctx);
 
   // The masquerade backend is chosen before anything is made (no usable tool: an error, nothing to undo).
   const masq = cfg.ipMasq && type ? await masquerade(masqBackend(cfg)) : undefined;
@@ -157,24 +217,7 @@ async function add(ctx: Ctx): Promise<Result> {
     const hostVeth = await host.linkByName(hostName);
     const contLink = await cont.linkByName(ctx.env.ifname);
     if (!hostVeth || !contLink) throw new CniError(ErrorCode.KernelRefused, 'veth pair not found after creation');
-    try {
-      await host.setMaster(hostVeth.index, br.index);
-      if (cfg.hairpinMode) await host.setHairpin(hostVeth.index, true);
-      // As the reference: unless told to keep it, the port leaves the default VLAN 1 its joining gave it
-      // (a kernel without VLAN filtering has none; one that lost it already answers ENOENT).
-      if (vlanFiltering && !cfg.preserveDefaultVlan) {
-        await host.bridgeVlanDel(hostVeth.index, 1).catch((e) => {
-          if (errnoOf(e) !== 'ENOENT') throw e;
-        });
-      }
-      if (cfg.vlan) await host.bridgeVlanAdd(hostVeth.index, cfg.vlan, { pvid: true, untagged: true });
-      for (const id of trunk) await host.bridgeVlanAdd(hostVeth.index, id);
-      // A trunk without a vlan keeps VLAN 1 as its native (untagged) VLAN, as the reference does.
-      if (!cfg.vlan && trunk.length) await host.bridgeVlanAdd(hostVeth.index, 1, { pvid: true, untagged: true });
-      await host.setUp(hostVeth.index);
-    } catch (err) {
-      throw kernel(`failed to attach ${hostName} to ${cfg.bridge}`, err);
-    }
+    await attachPort(host, hostVeth, br, cfg, trunk, vlanFiltering);
 
     trace(FP.bridge.vethAttached);
     if (cfg.macspoofchk) {
@@ -205,18 +248,7 @@ async function add(ctx: Ctx): Promise<Result> {
       routes: [...(ipam?.routes ?? [])],
       dns: ipam?.dns ?? {},
     };
-    if (cfg.isDefaultGateway) {
-      for (const fam of new Set(result.ips.map((ip) => (ip.address.includes(':') ? 6 : 4)))) {
-        const dst = fam === 4 ? '0.0.0.0/0' : '::/0';
-        const gw = result.ips.find((ip) => (ip.address.includes(':') ? 6 : 4) === fam)?.gateway;
-        const existing = result.routes.find((r) => canonicalNetwork(r.dst) === dst);
-        if (existing && existing.gw && gw && canonicalIP(existing.gw) !== canonicalIP(gw)) {
-          throw new CniError(ErrorCode.InvalidNetworkConfig, `isDefaultGateway ineffective because IPAM sets default route via ${existing.gw}`);
-        }
-        if (existing) existing.gw ??= gw;
-        else if (gw) result.routes.push({ dst, gw });
-      }
-    }
+    if (cfg.isDefaultGateway) addDefaultRoutes(result);
 
     // Container side: v6 on, DAD off unless asked, addresses, up, routes.
     const hasV6 = result.ips.some((ip) => ip.address.includes(':'));
@@ -257,15 +289,7 @@ async function add(ctx: Ctx): Promise<Result> {
     }
 
     trace(FP.bridge.routesSet);
-    if (isGateway) {
-      for (const ip of result.ips) {
-        if (!ip.gateway) continue;
-        const prefix = parseCidr(ip.address).prefix;
-        await ensureGatewayAddress(host, br, `${ip.gateway}/${prefix}`, cfg.forceAddress);
-      }
-      if (hasV4(result)) writeSysctl(['net', 'ipv4', 'ip_forward'], '1');
-      if (hasV6) writeSysctl(['net', 'ipv6', 'conf', 'all', 'forwarding'], '1');
-    }
+    if (isGateway) await configureGateway(host, br, result, cfg.forceAddress);
     trace(FP.bridge.gatewayConfigured);
     if (masq) await masq.add(masqOwner(ctx), result.ips.map((ip) => ip.address), masqPrepared);
 
@@ -293,10 +317,11 @@ async function add(ctx: Ctx): Promise<Result> {
   }
 }
 
-const hasV4 = (r: Result) => r.ips.some((ip) => !ip.address.includes(':'));
+export const hasV4 = (r: Result) => r.ips.some((ip) => !ip.address.includes(':'));
 
 async function del(ctx: Ctx): Promise<void> {
   const cfg = ctx.config;
+  if (cfg.tap) return (await import('./tap-port.js')).delTap(ctx);
   const errors: CniError[] = [];
   // IPAM first: the address must be released even when the namespace is gone.
   if (cfg.ipam?.type) {
@@ -337,6 +362,7 @@ async function del(ctx: Ctx): Promise<void> {
 
 async function check(ctx: Ctx): Promise<void> {
   const cfg = ctx.config;
+  if (cfg.tap) return (await import('./tap-port.js')).checkTap(ctx);
   const prev = ctx.prevResult;
   if (!prev) throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs a prevResult');
   const fail = (msg: string, details = '') => new CniError(ErrorCode.CheckFailed, msg, details);
@@ -390,6 +416,8 @@ export default definePlugin({
   name: 'bridge',
   schema: bridgeConfig,
   knownArgs: ['MAC', 'IP'],
+  // Host-TAP mode acts only on the plugin's own namespace, never CNI_NETNS (docs/microvm.md).
+  allowsHostNetns: (cfg) => cfg.tap !== undefined,
   add,
   del,
   check,
@@ -398,6 +426,8 @@ export default definePlugin({
     if (ctx.config.ipam?.type) {
       await delegate({ command: 'GC', type: ctx.config.ipam.type, stdin: ctx.stdin, env: ctx.env }).catch((e) => errors.push(e));
     }
+    // Host-TAP mode: this network's TAPs whose attachment the runtime no longer uses.
+    if (ctx.config.tap) await (await import('./tap-port.js')).gcTaps(ctx).catch((e) => errors.push(e));
     if (ctx.config.ipMasq) {
       const valid = ctx.validAttachments;
       await inCleanupBackends(ctx.config.ipMasqBackend, async (b) => (await masquerade(b)).gc(ctx.config.name, valid, familiesOf(ctx))).catch((e) => errors.push(e));

@@ -52,6 +52,7 @@ export const GATEWAY6 = 'fd99::1';
 
 export const PLUGIN_NAMES = [
   'bridge', 'host-local', 'firewall', 'aos-firewall', 'dnsname', 'bandwidth', 'traffic-accounting', 'portmap', 'tuning', 'loopback',
+  'tap', 'tc-redirect-tap', 'vlan',
 ] as const;
 
 export interface FuzzCase {
@@ -303,6 +304,21 @@ export function baseCase(plugin: string, r: Rng, id: string, command: string): B
     case 'loopback':
       config = { ...common, type: 'loopback' };
       break;
+    case 'tap':
+      config = {
+        ...common, type: 'tap', mtu: r.pick([0, 1500, 1400]), multiQueue: r.chance(0.3), owner: r.pick([0, 1000, 65534]), group: r.pick([0, 1000]),
+        ...(r.chance(0.7) ? { ipam: ipamTemplate(r) } : {}),
+        ...(r.chance(0.2) ? { mac: '02:99:00:00:00:dd' } : {}),
+      };
+      break;
+    case 'tc-redirect-tap':
+      env.CNI_NETNS = PH.BASENS;
+      config = { ...common, type: 'tc-redirect-tap', prevResult: prev(), ...(r.chance(0.3) ? { tapName: 'fztap0' } : {}) };
+      break;
+    case 'vlan':
+      // This kernel has no 8021q: every ADD fails, which must leave nothing (the allocation released).
+      config = { ...common, type: 'vlan', master: BRIDGE, vlanId: r.pick([10, 100, 4094]), mtu: r.pick([0, 1400]), ipam: ipamTemplate(r) };
+      break;
     default:
       throw new Error(`no base config for ${plugin}`);
   }
@@ -322,6 +338,8 @@ const PATH_KEYS: Record<string, { at: string[]; key: string; value: string }[]> 
   bridge: [{ at: ['ipam'], key: 'dataDir', value: `${PH.SB}/ipam` }],
   'host-local': [{ at: ['ipam'], key: 'dataDir', value: `${PH.SB}/ipam` }],
   'aos-firewall': [{ at: [], key: 'runtimeStatePath', value: `${PH.SB}/aos/aos_chains.conf` }],
+  tap: [{ at: ['ipam'], key: 'dataDir', value: `${PH.SB}/ipam` }],
+  vlan: [{ at: ['ipam'], key: 'dataDir', value: `${PH.SB}/ipam` }],
   tuning: [
     { at: [], key: 'dataDir', value: `${PH.SB}/tuning` },
     { at: ['args', 'cni'], key: 'dataDir', value: `${PH.SB}/tuning` },
@@ -449,6 +467,9 @@ const EXTRA_KEYS: Record<string, [string, unknown][]> = {
   tuning: [['mac', '02:99:00:00:00:cc'], ['sysctl', { 'net/ipv4/conf/IFNAME/../../../../kernel/fuzz_nonexistent': '1' }], ['sysctl', { 'net.ipv4.conf.IFNAME.forwarding': '1' }]],
   dnsname: [['multiDomain', true], ['domainName', 'a.b.c'], ['remoteServers', ['::1', '192.0.2.54']]],
   loopback: [],
+  tap: [['bridge', 'fzbr9'], ['bridge', BRIDGE], ['multiQueue', 'yes'], ['owner', -1], ['owner', 4294967296], ['mac', '01:00:5e:00:00:01'], ['selinuxcontext', 'x']],
+  'tc-redirect-tap': [['tapName', 'eth0'], ['tapName', 'a'.repeat(16)], ['tapOwner', 1000], ['tapGroup', -1], ['multiQueue', true]],
+  vlan: [['master', 'nonexistent0'], ['vlanId', 4095], ['vlanId', -1], ['linkInContainer', true], ['mtu', 65536]],
 };
 
 type MutationKind = 'wrongType' | 'hostileString' | 'number' | 'delete' | 'deep' | 'hugeString' | 'bigArray' | 'caseKey' | 'extraKey' | 'address' | 'sandboxPath' | 'rawBytes';

@@ -91,7 +91,8 @@ const net = require('net');
 const [port, secs] = [Number(process.argv[2]), Number(process.argv[3])];
 net.createServer((c) => {
   let bytes = 0, t0 = 0, counting = false;
-  c.on('data', (b) => { const now = Date.now(); if (!t0) t0 = now; if (now - t0 >= 500) { if (!counting) { counting = true; bytes = 0; t0 = now; } bytes += b.length; } });
+  // Half a second of warm-up (the bucket's burst), then every byte from there on counts.
+  c.on('data', (b) => { const now = Date.now(); if (!t0) t0 = now; if (!counting && now - t0 >= 500) { counting = true; bytes = 0; t0 = now; } if (counting) bytes += b.length; });
   c.on('end', () => { const s = (Date.now() - t0) / 1000; process.stdout.write(String(Math.round((bytes * 8) / s))); process.exit(0); });
   c.on('error', () => {});
 }).listen(port, '0.0.0.0', () => process.stderr.write('ready\\n'));

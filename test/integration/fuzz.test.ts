@@ -41,7 +41,7 @@ const DEFAULT_SEED = 20250805;
  */
 const DEFAULT_CASES: Record<string, number> = { loopback: 300, dnsname: 500 };
 /** Cases per plugin in the sample (a tenth, fewer of the slow dnsname ones), out of the full run's. */
-const SAMPLED: Record<string, number> = { loopback: 30, dnsname: 40 };
+const SAMPLED: Record<string, number> = { loopback: 30, dnsname: 40, tap: 40, 'tc-redirect-tap': 40, vlan: 30 };
 const SEED = Number(process.env.FUZZ_SEED ?? DEFAULT_SEED);
 const casesFor = (plugin: string) => Number(process.env.FUZZ_CASES ?? DEFAULT_CASES[plugin] ?? 1000);
 const sampledFor = (plugin: string) => (process.env.FUZZ_CASES ? casesFor(plugin) : Math.min(casesFor(plugin), SAMPLED[plugin] ?? 100));

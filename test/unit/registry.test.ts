@@ -31,7 +31,7 @@ describe('the plugin registry', () => {
     expect(registryMismatch(registry, loaders)).toEqual({ unloadable: [], unregistered: [] });
     const { [registry[1]]: _dropped, ...fewer } = loaders;
     expect(registryMismatch(registry, fewer)).toEqual({ unloadable: [registry[1]], unregistered: [] });
-    expect(registryMismatch(registry, { ...loaders, tap: () => undefined })).toEqual({ unloadable: [], unregistered: ['tap'] });
+    expect(registryMismatch(registry, { ...loaders, macvlan: () => undefined })).toEqual({ unloadable: [], unregistered: ['macvlan'] });
     expect(registryMismatch([...registry, 'constructor'], loaders).unloadable).toEqual(['constructor']);
   });
 
@@ -63,7 +63,7 @@ describe('the plugin registry', () => {
 
   it('the registry refuses a name without plugins/<name>/index.ts, a duplicate, a reserved name', () => {
     for (const [plugins, why] of [
-      [[...registry, 'tap'], 'tap has no plugins/tap/index.ts'],
+      [[...registry, 'macvlan'], 'macvlan has no plugins/macvlan/index.ts'],
       [[...registry, registry[0]], `${registry[0]} is listed twice`],
       [['cni-manager'], 'cni-manager is not a plugin'],
       [['../bridge'], '"../bridge" is not a plugin name'],
