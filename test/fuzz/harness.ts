@@ -97,6 +97,9 @@ export class FuzzWorld {
         const base = baseCase(plugin, r, id, 'ADD');
         const c = { env: base.env, stdin: Buffer.from(JSON.stringify(base.config)) };
         const add = await this.run(plugin, c, this.slots[0]);
+        // vlan on a kernel without 8021q: every ADD fails (code 112, naming the module); the fuzz
+        // then checks that each of its cases fails cleanly and leaves nothing.
+        if (add.code !== 0 && plugin === 'vlan' && /no 802\.1Q VLAN support/.test(add.stdout.toString())) continue;
         if (add.code !== 0) {
           problems.push(`${plugin} base ADD (variant ${v}) failed: ${add.stdout.toString()}${add.stderr}`);
           continue;
