@@ -541,6 +541,9 @@ const t0 = process.hrtime.bigint();
   // ---- packet-filter backends: iptables and nftables side by side with the reference (bench/backends.mjs). ----
   extra.backends = subBench('backends.mjs', { BENCH_RUNS: subRuns, BENCH_BACKENDS_OURS: OURS });
   check();
+  // ---- the microVM plugins: bridge's host-TAP mode, tap, tc-redirect-tap (bench/microvm.mjs). ----
+  extra.microvm = subBench('microvm.mjs', { BENCH_RUNS: subRuns, BENCH_MICROVM_OURS: OURS });
+  check();
   // ---- the traffic monitor's collection of 500 instances, iptables vs nftables (bench/collect.mjs). ----
   extra.collect = subBench('collect.mjs', {});
   check();
@@ -762,6 +765,10 @@ function render() {
     '## Packet-filter backends: iptables and nftables',
     '',
     extra.backends?.ok ? extra.backends.table : `backends benchmark failed: ${extra.backends?.error ?? 'not run'}`,
+    '',
+    '## microVMs: bridge host-TAP mode, tap, tc-redirect-tap',
+    '',
+    extra.microvm?.ok ? extra.microvm.table : `microvm benchmark failed: ${extra.microvm?.error ?? 'not run'}`,
     '',
     '### The traffic monitor: one collection of 500 instances',
     '',

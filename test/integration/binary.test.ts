@@ -167,7 +167,9 @@ describe('test hooks', () => {
     for (const [dir, used] of [[BIN, false], [TEST_BIN, true]] as const) {
       const native = mkdtempSync(join(sb.dir, 'native-'));
       const c = sb.container();
-      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'n', CNI_NETNS: c.path, CNI_IFNAME: 'lo', CNI_TS_NATIVE_DIR: native };
+      // The process's own install (CNI_TS_ENGINE=off in both passes): an engine installs its addons
+      // once, in its main thread, for all its workers (lib/netlink/native.ts), whoever calls.
+      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'n', CNI_NETNS: c.path, CNI_IFNAME: 'lo', CNI_TS_NATIVE_DIR: native, CNI_TS_ENGINE: 'off' };
       const r = plugin(dir, 'loopback', env, loopback);
       expect(r.status, `${dir}: ${r.stdout}${r.stderr}`).toBe(0);
       expect(readdirSync(native).some((f) => f.endsWith('.node')), `${dir}: ${readdirSync(native).join(', ')}`).toBe(used);
