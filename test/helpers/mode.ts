@@ -218,6 +218,41 @@ export function stopEngines(ns?: string, opts: StopOptions = {}): void {
   if (ns !== undefined) removeStale(net, opts.anyMount ? undefined : mnt);
 }
 
+/** The engine files (pid, socket, lock, log) of the machine's own network namespace there are now. */
+export function machineEngineFiles(): Set<string> {
+  const net = nsIno('/proc/self/ns/net');
+  const out = new Set<string>();
+  if (net === undefined) return out;
+  for (const dir of ENGINE_DIRS) {
+    try {
+      for (const n of readdirSync(dir)) if (n.startsWith(`engine-${net}-`)) out.add(join(dir, n));
+    } catch {
+      // no such directory
+    }
+  }
+  return out;
+}
+
+/**
+ * For tests that run a runtime in the machine's own namespace (podman,
+ * containerd; under the host-net lock, so no other test makes such files
+ * meanwhile): removes the engine files of that namespace made since
+ * `before` whose engine is not running any more.
+ */
+export function removeMachineEngineFiles(before: Set<string>): void {
+  for (const file of machineEngineFiles()) {
+    if (before.has(file)) continue;
+    const base = file.replace(/\.(pid|sock|lock|log|log\.1)$/, '');
+    try {
+      const pid = Number(readFileSync(`${base}.pid`, 'utf8').trim());
+      if (alive(pid) && isEngine(pid)) continue;
+    } catch {
+      // no pid file: no engine runs
+    }
+    rmSync(file, { force: true });
+  }
+}
+
 /**
  * The files of engines of network namespace `net` (and mount namespace
  * `mnt`, or any) that are not running any more: the pid file and socket of

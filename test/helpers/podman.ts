@@ -5,7 +5,7 @@ import {
   realpathSync, renameSync, rmSync, rmdirSync, statSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { modeEnv, stopEngines } from './mode.js';
+import { machineEngineFiles, modeEnv, removeMachineEngineFiles, stopEngines } from './mode.js';
 import { ROOT, TEST_BIN } from './sandbox.js';
 import { basename, dirname, join } from 'node:path';
 
@@ -331,6 +331,8 @@ export class Podman {
   readonly containers = new Set<string>();
   readonly sandboxes = new Set<string>();
   private readonly cgroupsBefore: Set<string>;
+  /** The machine namespace's engine files before this instance (removeMachineEngineFiles). */
+  private readonly engineFilesBefore: Set<string>;
 
   /**
    * `source`: the plugin directory under test; plugins it lacks come from the
@@ -349,6 +351,7 @@ export class Podman {
       throw new Error(`${this.dir}/runroot is longer than podman's 50-character limit for --runroot: set TMPDIR to a shorter directory`);
     }
     this.cgroupsBefore = new Set(libpodCgroups());
+    this.engineFilesBefore = machineEngineFiles();
     this.rootfs = join(this.dir, 'rootfs');
     this.plugins = join(this.dir, 'plugins');
     try {
@@ -458,6 +461,7 @@ export class Podman {
     // Engine mode: the engine podman's plugins started (from the copies in this dir) in the machine's
     // namespace; stopped before killStrays would SIGKILL it (its command line names this dir).
     stopEngines(undefined, { dirs: [this.dir], anyMount: true });
+    removeMachineEngineFiles(this.engineFilesBefore);
     this.killStrays();
     for (const n of this.networks) {
       if (existsSync(`/sys/class/net/${n.bridge}`)) run(['ip', 'link', 'del', n.bridge]);

@@ -8,7 +8,7 @@ import {
   iptablesState, markEngineLogs, mountsBelow, nsInode, otherBuildClient, pluginDir, run, treeHash, usesClient,
 } from '../helpers/podman.js';
 import { BIN, ROOT } from '../helpers/sandbox.js';
-import { MODE, modeEnv, stopEngines } from '../helpers/mode.js';
+import { MODE, machineEngineFiles, modeEnv, removeMachineEngineFiles, stopEngines } from '../helpers/mode.js';
 
 // containerd's own CLI: `ctr run --cni --rootfs <busybox> …` against a
 // containerd this test starts with its root, state and sockets in a temp dir.
@@ -103,6 +103,8 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
   let eng: ClientEngine | undefined;
   /** Engine mode: a descriptor holding ctr's mount namespace, for the runs after the first. */
   let mntFd: number | undefined;
+  /** The machine namespace's engine files before this run: what the run adds is removed at the end. */
+  let engineFilesBefore = new Set<string>();
   /** Every container id given to ctr run (the engine-mode upgrade adds two). */
   const ids = [id];
   /** The environment ctr hands the plugins (libcni): the mode's, and engine mode's idle period. */
@@ -113,6 +115,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
 
   beforeAll(async () => {
     unlock = await hostNetLock();
+    engineFilesBefore = machineEngineFiles();
     // Engine mode: ctr's engine is of a mount namespace made for this run (nobody else's can be
     // there, nothing to stop); only the logs are marked, to read what came after.
     if (engine) logs = markEngineLogs(dir);
@@ -186,6 +189,7 @@ describe.each(SETS)('ctr run --cni (containerd 1.6) with the $label plugins ($di
     // mount namespace, where they start one) stopped before the sweep below would SIGKILL them;
     // then the namespace is let go.
     stopEngines(undefined, { dirs: [tmp], anyMount: true });
+    removeMachineEngineFiles(engineFilesBefore);
     if (mntFd !== undefined) closeSync(mntFd);
     // Shims and anything else started with this temp dir on its command line.
     for (const p of readdirSync('/proc')) {
