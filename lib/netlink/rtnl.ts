@@ -1,4 +1,5 @@
 // Only the rtnetlink part of the package (it also carries nl80211, WireGuard, genl).
+import { CniError, ErrorCode } from '../cni/errors.js';
 import { createRtNetlink, type RtNetlinkSocket } from 'netlink/dist/rt/rt';
 import { FlagsNew } from 'netlink/dist/constants';
 import type * as rt from 'netlink/dist/rt/structs';
@@ -144,6 +145,14 @@ export function macToBytes(mac: string): Buffer {
   const parts = mac.split(/[:-]/);
   if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) throw new Error(`invalid MAC address "${mac}"`);
   return Buffer.from(parts.map((p) => parseInt(p, 16)));
+}
+
+/**
+ * A kernel refusal as the CNI error a plugin returns: code 112 with `what`,
+ * the errno and the kernel's message; a CniError passes through unchanged.
+ */
+export function kernelError(what: string, err: unknown): CniError {
+  return err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 }
 
 /** errno name of a netlink failure (`EEXIST`, `ENODEV`, ...). */
@@ -355,6 +364,23 @@ export class Rtnl {
 
   async deleteLink(index: number): Promise<void> {
     await this.sock.delLink({ index });
+  }
+
+  /**
+   * DEL's removal of the link `name`, only when `ours` recognises it (someone
+   * else's link of that name stays). Gone already, or gone meanwhile, is
+   * success; the kernel refusing is returned as the CNI error (`what`), for
+   * the caller to report after its other steps. A failed lookup throws.
+   */
+  async deleteOwnLink(name: string, ours: (l: LinkInfo) => boolean, what = `failed to delete ${name}`): Promise<CniError | undefined> {
+    const l = await this.linkByName(name);
+    if (!l || !ours(l)) return undefined;
+    try {
+      await this.deleteLink(l.index);
+      return undefined;
+    } catch (e) {
+      return errnoOf(e) === 'ENODEV' ? undefined : kernelError(what, e);
+    }
   }
 
   async addresses(index?: number, family?: Family): Promise<AddressInfo[]> {

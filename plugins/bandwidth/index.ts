@@ -3,7 +3,7 @@ import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode, toCniError } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
 import { Netns } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { Rtnl, errnoOf, type LinkInfo, kernelError } from '../../lib/netlink/rtnl.js';
 import {
   addQdisc, addRedirectFilter, decodeRedirect, decodeNetem, decodeTbf, delQdisc, encodeNetem, encodeTbf, filters, handle, qdiscs,
   INGRESS_HANDLE, TC_H_INGRESS, TC_H_ROOT, type TbfParams,
@@ -80,8 +80,6 @@ async function install(nl: Rtnl, index: number, d: Direction): Promise<void> {
   }
 }
 
-const kernel = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 async function add(ctx: Ctx): Promise<Result> {
   const dirs = parse(ctx);
@@ -117,7 +115,7 @@ async function add(ctx: Ctx): Promise<Result> {
         result.interfaces.push({ name, mac: ifb.mac });
       }
     } catch (err) {
-      throw kernel('failed to install traffic control', err);
+      throw kernelError('failed to install traffic control', err);
     }
     return result;
   } catch (err) {

@@ -5,7 +5,7 @@ import { CniError, ErrorCode, toCniError } from '../../lib/cni/errors.js';
 import { delegate } from '../../lib/cni/delegate.js';
 import type { Result } from '../../lib/cni/result.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { Rtnl, errnoOf, type LinkInfo, kernelError } from '../../lib/netlink/rtnl.js';
 import { masquerade, type MasqKnown, type MasqOwner } from '../../lib/pf/masq/index.js';
 import { assertUsable, chooseBackend, inCleanupBackends } from '../../lib/pf/backend.js';
 import { compareVersions } from '../../lib/cni/version.js';
@@ -20,9 +20,6 @@ import { FP, trace } from '../../lib/cni/trace.js';
  * (./tap-port.ts, docs/microvm.md); the rest of the bridge is the same.
  */
 export type Ctx = PluginContext<BridgeConfig>;
-
-export const kernel = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 /** The IPAM plugin's type; none (no "ipam", or an empty type, as the reference reads it) means layer 2 only. */
 export function ipamType(ctx: Ctx): string | undefined {
@@ -57,7 +54,7 @@ export async function ensureBridge(host: Rtnl, cfg: BridgeConfig, vlanFiltering:
       await host.createBridge(cfg.bridge, { mtu: cfg.mtu || undefined, vlanFiltering });
       created = true;
     } catch (err) {
-      if (errnoOf(err) !== 'EEXIST') throw kernel(`failed to create bridge ${cfg.bridge}`, err);
+      if (errnoOf(err) !== 'EEXIST') throw kernelError(`failed to create bridge ${cfg.bridge}`, err);
     }
     br = await host.linkByName(cfg.bridge);
     if (!br) throw new CniError(ErrorCode.KernelRefused, `bridge ${cfg.bridge} vanished after creation`);
@@ -86,7 +83,7 @@ async function createVeth(host: Rtnl, cont: Rtnl, netns: Netns, ifname: string, 
       return { hostName };
     } catch (err) {
       if (errnoOf(err) === 'EEXIST' && !(await cont.linkByName(ifname))) continue; // host name taken: try another
-      throw kernel(`failed to create veth pair for ${ifname}`, err);
+      throw kernelError(`failed to create veth pair for ${ifname}`, err);
     }
   }
   throw new CniError(ErrorCode.KernelRefused, 'could not find a free host veth name');
@@ -111,7 +108,7 @@ export async function ensureGatewayAddress(host: Rtnl, br: LinkInfo, gwCidr: str
   try {
     await host.addAddress(br.index, gwCidr, { noDad: want.family === 6 });
   } catch (err) {
-    if (errnoOf(err) !== 'EEXIST') throw kernel(`failed to add ${gwCidr} to ${br.name}`, err);
+    if (errnoOf(err) !== 'EEXIST') throw kernelError(`failed to add ${gwCidr} to ${br.name}`, err);
   }
 }
 
@@ -160,7 +157,7 @@ export async function attachPort(host: Rtnl, port: LinkInfo, br: LinkInfo, cfg: 
     if (!cfg.vlan && trunk.length) await host.bridgeVlanAdd(port.index, 1, { pvid: true, untagged: true });
     await host.setUp(port.index);
   } catch (err) {
-    throw kernel(`failed to attach ${port.name} to ${cfg.bridge}`, err);
+    throw kernelError(`failed to attach ${port.name} to ${cfg.bridge}`, err);
   }
 }
 
@@ -285,7 +282,7 @@ async function add(ctx: Ctx): Promise<Result> {
         }
       }
     } catch (err) {
-      throw kernel(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
+      throw kernelError(`failed to configure ${ctx.env.ifname} in ${ctx.env.netns}`, err);
     }
 
     trace(FP.bridge.routesSet);
@@ -339,7 +336,7 @@ async function del(ctx: Ctx): Promise<void> {
         if (cfg.ipMasq) for (const a of await cont.addresses(l.index).catch(() => [])) if (a.family === 4 || !a.ip.startsWith('fe80:')) known.add(a.cidr);
         trace(FP.bridge.addressesRead);
         await cont.deleteLink(l.index).catch((e) => {
-          if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
+          if (errnoOf(e) !== 'ENODEV') errors.push(kernelError(`failed to delete ${ctx.env.ifname}`, e));
         });
       }
     } finally {

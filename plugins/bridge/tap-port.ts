@@ -198,12 +198,8 @@ export async function delTap(ctx: Ctx): Promise<void> {
   const host = Rtnl.open();
   try {
     const name = tapName(ctx);
-    const l = await host.linkByName(name);
-    if (l && isOurs(l, aliasOf(ctx))) {
-      await host.deleteLink(l.index).catch((e) => {
-        if (errnoOf(e) !== 'ENODEV') errors.push(new CniError(ErrorCode.KernelRefused, `failed to delete TAP ${name}`, `${errnoOf(e) ?? ''} ${(e as Error).message}`.trim()));
-      });
-    }
+    const failed = await host.deleteOwnLink(name, (l) => isOurs(l, aliasOf(ctx)), `failed to delete TAP ${name}`);
+    if (failed) errors.push(failed);
   } finally {
     host.close();
   }

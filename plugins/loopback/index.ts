@@ -4,7 +4,7 @@ import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import { netConf } from '../../lib/cni/schema.js';
 import type { IPConfig, Result } from '../../lib/cni/result.js';
 import { Netns } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf } from '../../lib/netlink/rtnl.js';
+import { Rtnl, kernelError } from '../../lib/netlink/rtnl.js';
 
 /**
  * loopback: brings `lo` up in the container namespace. CNI_IFNAME is
@@ -16,8 +16,6 @@ const loopbackConfig = netConf({});
 type Ctx = PluginContext<z.output<typeof loopbackConfig>>;
 const LO = 'lo';
 
-const refused = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 /** Runs `fn` on an rtnetlink socket inside the namespace and the lo link there. */
 async function withLo<T>(ns: Netns, fn: (nl: Rtnl, index: number) => Promise<T>): Promise<T> {
@@ -38,7 +36,7 @@ async function add(ctx: Ctx): Promise<Result> {
   try {
     const ips = await withLo(ns, async (nl, index) => {
       await nl.setUp(index).catch((err) => {
-        throw refused(`failed to set ${LO} up`, err);
+        throw kernelError(`failed to set ${LO} up`, err);
       });
       const addrs = await nl.addresses(index);
       const bad = addrs.find((a) => !isLoopback(a.ip));
@@ -73,7 +71,7 @@ async function del(ctx: Ctx): Promise<void> {
   try {
     await withLo(ns, async (nl, index) => {
       await nl.setUp(index, false).catch((err) => {
-        throw refused(`failed to set ${LO} down`, err);
+        throw kernelError(`failed to set ${LO} down`, err);
       });
     });
   } finally {

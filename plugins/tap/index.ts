@@ -5,7 +5,7 @@ import { ownerTag } from '../../lib/cni/owner.js';
 import type { Result } from '../../lib/cni/result.js';
 import { compareVersions } from '../../lib/cni/version.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { Rtnl, errnoOf, type LinkInfo, kernelError } from '../../lib/netlink/rtnl.js';
 import { createTap } from '../../lib/netlink/tap.js';
 import { canonicalNetwork, formatIP, parseCidr, parseIP } from '../../lib/ip/index.js';
 import { macProblem, tapConfig, type TapConfig } from './config.js';
@@ -18,8 +18,6 @@ import { macProblem, tapConfig, type TapConfig } from './config.js';
  */
 type Ctx = PluginContext<TapConfig>;
 
-const kernel = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 /** The IPAM plugin's type; none (no "ipam", or an empty type, as the reference reads it) means layer 2 only. */
 const ipamType = (ctx: Ctx): string | undefined => ctx.config.ipam?.type || undefined;
@@ -84,17 +82,17 @@ async function add(ctx: Ctx): Promise<Result> {
       if (cfg.mtu) await cont.setMtu(index, cfg.mtu);
       if (mac) await cont.setMac(index, mac);
     } catch (err) {
-      throw kernel(`failed to configure TAP ${ifname}`, err);
+      throw kernelError(`failed to configure TAP ${ifname}`, err);
     }
     if (br) {
       try {
         await cont.setMaster(index, br.index);
       } catch (err) {
-        throw kernel(`failed to set TAP ${ifname} as a port of bridge ${br.name}`, err);
+        throw kernelError(`failed to set TAP ${ifname} as a port of bridge ${br.name}`, err);
       }
     }
     await cont.setUp(index).catch((err) => {
-      throw kernel(`failed to set TAP ${ifname} up`, err);
+      throw kernelError(`failed to set TAP ${ifname} up`, err);
     });
 
     let ipam: Result | undefined;
@@ -156,7 +154,7 @@ async function configureAddresses(cont: Rtnl, netns: Netns, index: number, ifnam
       }
     }
   } catch (err) {
-    throw kernel(`failed to configure addresses of ${ifname}`, err);
+    throw kernelError(`failed to configure addresses of ${ifname}`, err);
   }
 }
 
@@ -169,14 +167,10 @@ async function del(ctx: Ctx): Promise<void> {
   if (netns) {
     const cont = Rtnl.open(netns);
     try {
-      const l = await cont.linkByName(ctx.env.ifname);
       // Only our TAP: another link (or someone else's TAP) that has the name
       // stays, and DEL still succeeds, since there is nothing of ours to remove.
-      if (l && isTap(l) && l.alias === ownerOf(ctx)) {
-        await cont.deleteLink(l.index).catch((e) => {
-          if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
-        });
-      }
+      const failed = await cont.deleteOwnLink(ctx.env.ifname, (l) => isTap(l) && l.alias === ownerOf(ctx));
+      if (failed) errors.push(failed);
     } finally {
       cont.close();
       netns.close();

@@ -2,7 +2,7 @@ import { definePlugin, type PluginContext } from '../../lib/cni/skel.js';
 import { CniError, ErrorCode } from '../../lib/cni/errors.js';
 import type { Result } from '../../lib/cni/result.js';
 import { Netns } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { Rtnl, errnoOf, type LinkInfo, kernelError } from '../../lib/netlink/rtnl.js';
 import { createTap } from '../../lib/netlink/tap.js';
 import { addQdisc, delQdisc, qdiscs, INGRESS_HANDLE, TC_H_INGRESS } from '../../lib/netlink/tc.js';
 import { addRedirect, delFilterPrio, isRedirectTo, listFilters, type FilterInfo } from '../../lib/netlink/tc-filter.js';
@@ -19,8 +19,6 @@ import { KNOWN_ARGS, tapSettings, tcRedirectTapConfig, type TapSettings, type Tc
  */
 type Ctx = PluginContext<TcRedirectTapConfig>;
 
-const refused = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 function settings(ctx: Ctx): TapSettings {
   const tap = tapSettings(ctx.config, ctx.args);
@@ -72,7 +70,7 @@ async function add(ctx: Ctx): Promise<Result> {
           try {
             await fn();
           } catch (err) {
-            throw refused(what, err);
+            throw kernelError(what, err);
           }
         };
         await step(`failed to set the MTU of ${tap.name} to ${cont.mtu}`, () => nl.setMtu(t.index, cont.mtu));
@@ -136,12 +134,12 @@ async function del(ctx: Ctx): Promise<void> {
             }
           }
         } catch (err) {
-          throw refused(`failed to remove the redirect from ${ctx.env.ifname}`, err);
+          throw kernelError(`failed to remove the redirect from ${ctx.env.ifname}`, err);
         }
       }
       if (tapLink && isTap(tapLink)) {
         await nl.deleteLink(tapLink.index).catch((err) => {
-          if (errnoOf(err) !== 'ENODEV') throw refused(`failed to delete TAP ${tap.name}`, err);
+          if (errnoOf(err) !== 'ENODEV') throw kernelError(`failed to delete TAP ${tap.name}`, err);
         });
       }
     });

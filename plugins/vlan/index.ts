@@ -3,7 +3,7 @@ import { CniError, ErrorCode, toCniError } from '../../lib/cni/errors.js';
 import { delegate } from '../../lib/cni/delegate.js';
 import type { Result } from '../../lib/cni/result.js';
 import { Netns, writeSysctl } from '../../lib/netlink/ns.js';
-import { Rtnl, errnoOf, unsupported, type LinkInfo } from '../../lib/netlink/rtnl.js';
+import { Rtnl, errnoOf, unsupported, type LinkInfo, kernelError } from '../../lib/netlink/rtnl.js';
 import { canonicalNetwork, formatIP, parseCidr, parseIP } from '../../lib/ip/index.js';
 import { vlanConfig, type VlanConfig } from './config.js';
 
@@ -17,8 +17,6 @@ import { vlanConfig, type VlanConfig } from './config.js';
  */
 type Ctx = PluginContext<VlanConfig>;
 
-const kernel = (what: string, err: unknown) =>
-  err instanceof CniError ? err : new CniError(ErrorCode.KernelRefused, what, `${errnoOf(err) ?? ''} ${(err as Error)?.message ?? err}`.trim());
 
 /** The socket on the master's side: the host's, or the container's with linkInContainer. */
 const masterSide = (cfg: VlanConfig, netns: Netns) => (cfg.linkInContainer ? Rtnl.open(netns) : Rtnl.open());
@@ -47,7 +45,7 @@ async function add(ctx: Ctx): Promise<Result> {
       if (unsupported(err)) {
         throw new CniError(ErrorCode.KernelRefused, 'failed to create vlan: the kernel has no 802.1Q VLAN support (module 8021q)', `${errnoOf(err)}: the kernel does not know link kind "vlan"`);
       }
-      throw kernel(`failed to create vlan ${ifname} on ${cfg.master}`, err);
+      throw kernelError(`failed to create vlan ${ifname} on ${cfg.master}`, err);
     }
     created = true;
     const link = await cont.linkByName(ifname);
@@ -78,7 +76,7 @@ async function add(ctx: Ctx): Promise<Result> {
         }
       }
     } catch (err) {
-      throw kernel(`failed to configure ${ifname} in ${ctx.env.netns}`, err);
+      throw kernelError(`failed to configure ${ifname} in ${ctx.env.netns}`, err);
     }
     return result;
   } catch (err) {
@@ -104,13 +102,9 @@ async function del(ctx: Ctx): Promise<void> {
   if (netns) {
     const cont = Rtnl.open(netns);
     try {
-      const l = await cont.linkByName(ctx.env.ifname);
       // Only a vlan link: an interface of that name made by someone else is not ours to remove.
-      if (l && l.kind === 'vlan') {
-        await cont.deleteLink(l.index).catch((e) => {
-          if (errnoOf(e) !== 'ENODEV') errors.push(kernel(`failed to delete ${ctx.env.ifname}`, e));
-        });
-      }
+      const failed = await cont.deleteOwnLink(ctx.env.ifname, (l) => l.kind === 'vlan');
+      if (failed) errors.push(failed);
     } finally {
       cont.close();
       netns.close();
