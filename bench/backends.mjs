@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { copyBin, engineId, fmt, median, nsIno, ratio, stopEngine } from './host.mjs';
+import { columnTimer, copyBin, engineId, fmt, median, nsIno, ratio, stopEngine } from './host.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 15);
@@ -33,22 +33,8 @@ const order = (i) => COLS.map((_, k) => COLS[(i + k) % COLS.length]);
 const dirOf = (c) => (c.ref ? REF : OURS);
 const ip = (...a) => spawnSync('ip', a, { stdio: 'ignore' });
 const inH = (argv) => ['nsenter', `--net=/var/run/netns/${H}`, ...argv];
-const series = () => Object.fromEntries(COLS.map((c) => [c.key, []]));
+const { series, timed, measure, last } = columnTimer(COLS);
 const rows = [];
-
-let last = '';
-function timed(c, argv, env, input = '') {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...c.env, ...env }, input, encoding: 'utf8' });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} ${env.CNI_COMMAND ?? ''} (${c.key}) failed: ${r.stdout}${r.stderr}${r.error ?? ''}`);
-  last = r.stdout;
-  return ms;
-}
-const measure = (set, c, i, argv, env, input) => {
-  const ms = timed(c, argv, env, input);
-  if (i >= 0) set[c.key].push(ms);
-};
 
 /** Per-backend config keys, as users write them. */
 const fw = (c) => ({ backend: c.backend });
@@ -77,7 +63,7 @@ try {
         });
         const env = { CNI_CONTAINERID: `b${c.key}${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: dirOf(c) };
         measure(add, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'ADD' }, conf);
-        measure(del, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...JSON.parse(conf), prevResult: JSON.parse(last) }));
+        measure(del, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...JSON.parse(conf), prevResult: JSON.parse(last()) }));
         ip('netns', 'del', ns);
       }
     }

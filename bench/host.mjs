@@ -29,6 +29,31 @@ export const fmt = (x, digits = 1) => (typeof x !== 'number' || Number.isNaN(x) 
 export const ratio = (a, b) => (typeof a !== 'number' || typeof b !== 'number' || Number.isNaN(a) || Number.isNaN(b) || b === 0 ? '—' : (a / b).toFixed(2));
 
 /** The three columns, and what each puts in a plugin's environment. */
+/**
+ * Timed calls over a benchmark's columns (bench/backends.mjs, bench/microvm.mjs;
+ * a column: `{ key, env }`). `series()`: an empty sample list per column;
+ * `timed(c, argv, env, input)`: runs one call with the column's environment,
+ * throws when it fails, returns its milliseconds; `measure(set, c, i, …)`:
+ * the same, recorded unless `i` < 0 (the warm-up round); `last()`: the last
+ * call's stdout (the result a DEL then gets as prevResult).
+ */
+export function columnTimer(cols) {
+  let out = '';
+  const timed = (c, argv, env, input = '') => {
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...c.env, ...env }, input, encoding: 'utf8' });
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (r.status !== 0) throw new Error(`${argv.join(' ')} ${env.CNI_COMMAND ?? ''} (${c.key}) failed: ${r.stdout}${r.stderr}${r.error ?? ''}`);
+    out = r.stdout;
+    return ms;
+  };
+  const measure = (set, c, i, argv, env, input) => {
+    const ms = timed(c, argv, env, input);
+    if (i >= 0) set[c.key].push(ms);
+  };
+  return { series: () => Object.fromEntries(cols.map((c) => [c.key, []])), timed, measure, last: () => out };
+}
+
 export const MODES = ['ref', 'exec', 'engine'];
 export const modeEnv = (who) => (who === 'exec' ? { CNI_TS_ENGINE: 'off' } : {});
 /** Repetition i's order: the three in turn, rotated so that none is always first. */

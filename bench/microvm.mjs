@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { copyBin, engineId, fmt, median, ratio, stopEngine } from './host.mjs';
+import { columnTimer, copyBin, engineId, fmt, median, ratio, stopEngine } from './host.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RUNS = Number(process.env.BENCH_RUNS ?? 15);
@@ -33,22 +33,8 @@ const order = (i, list = COLS) => list.map((_, k) => list[(((i % list.length) + 
 const dirOf = (c) => (c.ref ? REF : OURS);
 const ip = (...a) => spawnSync('ip', a, { stdio: 'ignore' });
 const inH = (argv) => ['nsenter', `--net=/var/run/netns/${H}`, ...argv];
-const series = () => Object.fromEntries(COLS.map((c) => [c.key, []]));
+const { series, timed, measure, last } = columnTimer(COLS);
 const rows = [];
-
-let last = '';
-function timed(c, argv, env, input = '') {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(argv[0], argv.slice(1), { env: { PATH: process.env.PATH, ...c.env, ...env }, input, encoding: 'utf8' });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} ${env.CNI_COMMAND ?? ''} (${c.key}) failed: ${r.stdout}${r.stderr}${r.error ?? ''}`);
-  last = r.stdout;
-  return ms;
-}
-const measure = (set, c, i, argv, env, input) => {
-  const ms = timed(c, argv, env, input);
-  if (i >= 0) set[c.key].push(ms);
-};
 /** A fresh container namespace, for one call. */
 const freshNs = (tag) => {
   const ns = `${H}-${tag}`;
@@ -80,7 +66,7 @@ try {
         const env = { CNI_CONTAINERID: tag, CNI_NETNS: ns ? `/var/run/netns/${ns}` : join(tmp, `vm-${tag}`), CNI_IFNAME: 'eth0', CNI_PATH: dirOf(c) };
         const set = sets[mode];
         measure(set.add, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'ADD' }, JSON.stringify(conf));
-        measure(set.del, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...conf, prevResult: JSON.parse(last) }));
+        measure(set.del, c, i, inH([join(dirOf(c), 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...conf, prevResult: JSON.parse(last()) }));
         if (ns) ip('netns', 'del', ns);
       }
     }
@@ -106,7 +92,7 @@ try {
         };
         const env = { CNI_CONTAINERID: tag, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'tap0', CNI_PATH: OURS };
         measure(add, c, i, inH([join(OURS, 'tap')]), { ...env, CNI_COMMAND: 'ADD' }, JSON.stringify(conf));
-        measure(del, c, i, inH([join(OURS, 'tap')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...conf, prevResult: JSON.parse(last) }));
+        measure(del, c, i, inH([join(OURS, 'tap')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...conf, prevResult: JSON.parse(last()) }));
         ip('netns', 'del', ns);
       }
     }
@@ -129,10 +115,10 @@ try {
         const tc = { cniVersion: '1.0.0', name, type: 'tc-redirect-tap', tapName: 'tap0' };
         const env = { CNI_CONTAINERID: tag, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: OURS };
         timed(c, inH([join(OURS, 'bridge')]), { ...env, CNI_COMMAND: 'ADD' }, JSON.stringify(bridge));
-        const bridgeResult = JSON.parse(last);
+        const bridgeResult = JSON.parse(last());
         measure(add, c, i, inH([join(OURS, 'tc-redirect-tap')]), { ...env, CNI_COMMAND: 'ADD' }, JSON.stringify({ ...tc, prevResult: bridgeResult }));
         // As libcni does: DEL runs in reverse order, every plugin given the list's final (cached) result.
-        const final = JSON.parse(last);
+        const final = JSON.parse(last());
         measure(del, c, i, inH([join(OURS, 'tc-redirect-tap')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...tc, prevResult: final }));
         timed(c, inH([join(OURS, 'bridge')]), { ...env, CNI_COMMAND: 'DEL' }, JSON.stringify({ ...bridge, prevResult: final }));
         ip('netns', 'del', ns);
